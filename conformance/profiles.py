@@ -1,0 +1,29 @@
+"""Hypothesis profiles for the conformance suite.
+
+``dev`` is the default for a local run; ``ci`` is derandomized (the same examples on every run
+and every worker, no example database), for gating merges; ``nightly`` runs ten times the
+examples of ``ci`` with the database on, so failures found at night replay the next morning.
+Deadlines are off: loaders vary in speed and a slow example is not a wrong one.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+DEV_EXAMPLES = 50
+CI_EXAMPLES = 100
+PROFILES = ("dev", "ci", "nightly")
+DEFAULT_PROFILE = "dev"
+
+
+def register_profiles() -> None:
+    common = {
+        "deadline": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    }
+    default = settings.get_profile("default")
+    settings.register_profile("dev", parent=default, max_examples=DEV_EXAMPLES, **common)
+    settings.register_profile(
+        "ci", parent=default, max_examples=CI_EXAMPLES, derandomize=True, database=None, **common
+    )
+    settings.register_profile("nightly", parent=default, max_examples=10 * CI_EXAMPLES, **common)

@@ -1,0 +1,136 @@
+"""The loader protocol: what ``--loader`` must name, and how the suite calls it.
+
+A loader is any object with ``build(arch, placement)`` and ``load(model, checkpoint)``; optional
+``state(model)``, ``capabilities`` and ``name``.  ``LoaderAdapter`` wraps it once, at start-up,
+so that a malformed loader is a usage error before any example runs, never a traceback in the
+middle of one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+FAMILIES = ("llama", "gpt2")
+FEATURES = ("tensor_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint")
+
+
+class LoaderSpecError(ValueError):
+    """``--loader`` names nothing usable; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loader supports.  Examples outside it are never generated.
+
+    ``families`` are HF model types; ``features`` are names from ``FEATURES``.  The default is
+    everything the suite knows.
+    """
+
+    families: frozenset[str] = field(default_factory=lambda: frozenset(FAMILIES))
+    features: frozenset[str] = field(default_factory=lambda: frozenset(FEATURES))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "families", frozenset(self.families))
+        object.__setattr__(self, "features", frozenset(self.features))
+        unknown = sorted(self.families - set(FAMILIES)) + sorted(self.features - set(FEATURES))
+        if unknown:
+            raise LoaderSpecError(
+                f"capabilities name unknown families or features {unknown}; "
+                f"known families: {list(FAMILIES)}, features: {list(FEATURES)}"
+            )
+
+    @classmethod
+    def coerce(cls, value: Any) -> "Capabilities":
+        if value is None:
+            return cls()
+        if isinstance(value, Capabilities):
+            return value
+        if isinstance(value, Mapping):
+            extra = set(value) - {"families", "features"}
+            if extra:
+                raise LoaderSpecError(f"capabilities has unknown keys {sorted(extra)}")
+            return cls(**{k: frozenset(v) for k, v in value.items()})
+        raise LoaderSpecError(
+            f"capabilities must be a Capabilities or a mapping, not {type(value).__name__}"
+        )
+
+    def supports(self, feature: str) -> bool:
+        return feature in self.features
+
+
+@dataclass(frozen=True)
+class LoaderAdapter:
+    """A validated loader.  ``spec`` is the ``--loader`` text, kept for replay commands."""
+
+    spec: str
+    target: Any
+    capabilities: Capabilities
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.target, "name", self.spec))
+
+    def build(self, arch, placement) -> Any:
+        return self.target.build(arch, placement)
+
+    def load(self, model, checkpoint) -> set[str] | None:
+        loaded = self.target.load(model, checkpoint)
+        if loaded is None:
+            return None
+        if isinstance(loaded, (str, bytes)) or not isinstance(loaded, Iterable):
+            raise TypeError(
+                f"load() must return a set of runtime parameter names or None, "
+                f"not {type(loaded).__name__}"
+            )
+        return set(loaded)
+
+    def state(self, model) -> dict[str, torch.Tensor]:
+        state_fn: Callable | None = getattr(self.target, "state", None)
+        if state_fn is None:
+            return dict(model.named_parameters())
+        return dict(state_fn(model))
+
+
+def resolve_loader(spec: str) -> LoaderAdapter:
+    """Import ``MODULE[:ATTR]`` and check it implements the protocol."""
+    if not spec or spec.count(":") > 1 or spec.startswith(":") or spec.endswith(":"):
+        raise LoaderSpecError(f"--loader={spec!r} is not of the form MODULE[:ATTR]")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name) and module_name.split(".")[
+            : len(exc.name.split("."))
+        ] == exc.name.split("."):
+            raise LoaderSpecError(
+                f"--loader={spec!r}: no module named {exc.name!r} (is it installed, "
+                f"or is the current directory on sys.path?)"
+            ) from None
+        raise LoaderSpecError(
+            f"--loader={spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    except Exception as exc:  # the loader module itself is broken
+        raise LoaderSpecError(
+            f"--loader={spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from None
+    if attr:
+        if not hasattr(module, attr):
+            raise LoaderSpecError(f"--loader={spec!r}: module {module_name!r} has no {attr!r}")
+        target = getattr(module, attr)
+    else:
+        target = getattr(module, "loader", module)
+    missing = [m for m in ("build", "load") if not callable(getattr(target, m, None))]
+    if missing:
+        raise LoaderSpecError(
+            f"--loader={spec!r}: {target!r} lacks callable {' and '.join(missing)}(); "
+            "a loader needs build(arch, placement) and load(model, checkpoint)"
+        )
+    state = getattr(target, "state", None)
+    if state is not None and not callable(state):
+        raise LoaderSpecError(f"--loader={spec!r}: state must be callable")
+    caps = Capabilities.coerce(getattr(target, "capabilities", None))
+    return LoaderAdapter(spec=spec, target=target, capabilities=caps)

@@ -1,0 +1,17 @@
+"""Round trip: every runtime parameter holds exactly the checkpoint data it should, bit for bit."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conformance import properties
+from conformance.protocol import FAMILIES
+
+pytestmark = pytest.mark.conformance
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@given(data=st.data())
+def test_state_matches_checkpoint(weightcheck, family, data):
+    case = weightcheck.draw_case(data, family)
+    properties.roundtrip(weightcheck.loader, case)

@@ -1,0 +1,87 @@
+"""The oracle: pure functions from (arch, placement, checkpoint tensors) to what a rank holds.
+
+No torch modules, no loading order, no weight_loader callbacks: each runtime parameter is
+assembled directly from its layout rule's pieces.  ``Expected`` also answers the tracking
+questions: which parameters are loaded, which checkpoint tensors this rank needs, and which
+parameters depend on a given checkpoint tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from .. import families  # module import: families' specs import our rules
+from .rules import Piece, Source
+
+
+@dataclass(frozen=True)
+class ExpectedParam:
+    name: str
+    value: torch.Tensor
+    pieces: tuple[Piece, ...]
+
+    @property
+    def sources(self) -> frozenset[str]:
+        return frozenset(p.source.name for p in self.pieces if p.source is not None)
+
+
+@dataclass(frozen=True)
+class Expected:
+    params: Mapping[str, ExpectedParam]
+
+    @property
+    def tracked(self) -> frozenset[str]:
+        """Every runtime parameter of the rank is initialised from the checkpoint."""
+        return frozenset(self.params)
+
+    @property
+    def needed(self) -> frozenset[str]:
+        """Checkpoint tensors this rank reads."""
+        return frozenset().union(*(p.sources for p in self.params.values()))
+
+    def dependents(self, checkpoint_name: str) -> frozenset[str]:
+        return frozenset(n for n, p in self.params.items() if checkpoint_name in p.sources)
+
+
+def source_view(tensors: Mapping[str, torch.Tensor], source: Source) -> torch.Tensor:
+    t = tensors[source.name]
+    if source.transpose:
+        t = t.t()
+    if source.rows is not None:
+        t = t[source.rows[0] : source.rows[1]]
+    return t
+
+
+def expected_layout(arch, placement) -> dict:
+    return families.family_spec(arch.family).layout(arch, placement)
+
+
+def checkpoint_shapes(arch) -> dict[str, tuple[int, ...]]:
+    return {n: s.shape for n, s in families.family_spec(arch.family).checkpoint(arch).items()}
+
+
+def needed_sources(arch, placement) -> frozenset[str]:
+    """Checkpoint tensors this rank's parameters are built from (no values needed)."""
+    shapes = checkpoint_shapes(arch)
+    names: set[str] = set()
+    for rule in expected_layout(arch, placement).values():
+        _, pieces = rule.pieces(arch, placement, shapes)
+        names.update(p.source.name for p in pieces if p.source is not None)
+    return frozenset(names)
+
+
+def expected_state(arch, placement, tensors: Mapping[str, torch.Tensor]) -> Expected:
+    """What ``state(model)`` must equal on this rank after loading ``tensors``."""
+    shapes = checkpoint_shapes(arch)
+    params = {}
+    for name, rule in expected_layout(arch, placement).items():
+        shape, pieces = rule.pieces(arch, placement, shapes)
+        value = torch.zeros(shape, dtype=arch.torch_dtype)
+        for piece in pieces:
+            if piece.source is not None:
+                value[piece.dst] = source_view(tensors, piece.source)[piece.src].to(value.dtype)
+        params[name] = ExpectedParam(name, value, tuple(pieces))
+    return Expected(params)

@@ -1,0 +1,188 @@
+"""Layout rules: how one runtime parameter is assembled from checkpoint tensors.
+
+Each rule turns (arch, placement, checkpoint shapes) into the runtime shape and a list of
+``Piece``s: which region of the runtime tensor holds which slice of which checkpoint tensor.
+The pieces are the oracle's answer and also its explanation: a failed comparison names the
+piece, so the message can say "rows 32:48 of ... (shard k, tp rank 1/2) should be ...[16:32]".
+
+This module is the oracle's own statement of vLLM's conventions (docs/runtime-layout.md).  The
+reference loader implements the same conventions separately and must never import it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+VOCAB_PADDING = 64
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint tensor, optionally transposed, optionally narrowed to rows of that view.
+
+    ``rows`` index the (transposed) view, so a GPT-2 ``c_attn`` k block is
+    ``Source(name, transpose=True, rows=(H, 2H))``.
+    """
+
+    name: str
+    transpose: bool = False
+    rows: tuple[int, int] | None = None
+
+    def view_shape(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+        shape = tuple(shapes[self.name])
+        if self.transpose:
+            shape = shape[::-1]
+        if self.rows is not None:
+            shape = (self.rows[1] - self.rows[0],) + shape[1:]
+        return shape
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Runtime region ``dst`` holds ``source`` view's region ``src`` (or zeros if no source)."""
+
+    dst: tuple[slice, ...]
+    source: Source | None
+    src: tuple[slice, ...]
+    label: str
+
+
+def _rank_label(label: str, placement) -> str:
+    tp = f"tp rank {placement.tp_rank}/{placement.tp_size}"
+    return f"{label}, {tp}" if label else tp
+
+
+def _block(n: int, placement) -> tuple[int, int]:
+    size = n // placement.tp_size
+    return placement.tp_rank * size, (placement.tp_rank + 1) * size
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """Every rank holds the whole tensor (norms, row-parallel biases, position embeddings)."""
+
+    source: Source
+
+    def pieces(self, arch, placement, shapes):
+        shape = self.source.view_shape(shapes)
+        full = tuple(slice(0, n) for n in shape)
+        return shape, [Piece(full, self.source, full, "replicated")]
+
+
+@dataclass(frozen=True)
+class Sharded:
+    """Split along ``dim`` into ``tp_size`` equal contiguous blocks: column- (0) or row- (1)."""
+
+    source: Source
+    dim: int
+
+    def pieces(self, arch, placement, shapes):
+        shape = list(self.source.view_shape(shapes))
+        start, stop = _block(shape[self.dim], placement)
+        shape[self.dim] = stop - start
+        dst = tuple(slice(0, n) for n in shape)
+        src = list(dst)
+        src[self.dim] = slice(start, stop)
+        kind = "column-parallel" if self.dim == 0 else "row-parallel"
+        return tuple(shape), [Piece(dst, self.source, tuple(src), _rank_label(kind, placement))]
+
+
+@dataclass(frozen=True)
+class VocabParallel:
+    """Vocabulary padded, then split in contiguous blocks; padding rows are zero.
+
+    The padded size is the smallest multiple of lcm(64, tp_size) holding the vocabulary: vLLM's
+    multiple of 64 whenever tp_size divides 64 (vLLM refuses the other sizes).
+    """
+
+    source: Source
+
+    def pieces(self, arch, placement, shapes):
+        vocab, *rest = self.source.view_shape(shapes)
+        unit = math.lcm(VOCAB_PADDING, placement.tp_size)
+        padded = -(-vocab // unit) * unit
+        start, stop = _block(padded, placement)
+        cols = tuple(slice(0, n) for n in rest)
+        pieces = []
+        real_stop = min(stop, vocab)
+        if real_stop > start:
+            pieces.append(
+                Piece(
+                    (slice(0, real_stop - start),) + cols,
+                    self.source,
+                    (slice(start, real_stop),) + cols,
+                    _rank_label("vocab rows", placement),
+                )
+            )
+        pad_start = max(start, vocab)
+        if stop > pad_start:
+            pieces.append(
+                Piece(
+                    (slice(pad_start - start, stop - start),) + cols,
+                    None,
+                    (),
+                    _rank_label(f"vocab padding rows {pad_start}:{stop} of {padded}", placement),
+                )
+            )
+        return (stop - start, *rest), pieces
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Several checkpoint tensors, each sharded on rows, stacked as [part0_r | part1_r | ...].
+
+    ``parts`` pairs a shard label with its source.  ``rows_for(label, n)`` picks the rows of
+    one part this rank holds; the default is an even split (``gate_up_proj``).
+    """
+
+    parts: Sequence[tuple[str, Source]]
+
+    def rows_for(self, arch, placement, label: str, n: int) -> tuple[int, int]:
+        return _block(n, placement)
+
+    def pieces(self, arch, placement, shapes):
+        pieces = []
+        offset = 0
+        rest: tuple[int, ...] = ()
+        for label, source in self.parts:
+            n, *rest = source.view_shape(shapes)
+            start, stop = self.rows_for(arch, placement, label, n)
+            cols = tuple(slice(0, m) for m in rest)
+            pieces.append(
+                Piece(
+                    (slice(offset, offset + stop - start),) + cols,
+                    source,
+                    (slice(start, stop),) + cols,
+                    _rank_label(f"shard {label}", placement),
+                )
+            )
+            offset += stop - start
+        return (offset, *rest), pieces
+
+
+@dataclass(frozen=True)
+class QKV(Stacked):
+    """[q_r | k_r | v_r]: query heads split evenly; kv heads split, or replicated when tp > nKV."""
+
+    def rows_for(self, arch, placement, label, n):
+        hd, tp, rank = arch.head_dim, placement.tp_size, placement.tp_rank
+        if label == "q":
+            return _block(n, placement)
+        n_kv = n // hd
+        if tp > n_kv:
+            head = rank // (tp // n_kv)
+            return head * hd, (head + 1) * hd
+        return _block(n, placement)
+
+
+def qkv_fused(name: str, q: int, kv: int, transpose: bool) -> QKV:
+    """A fused on-disk [q|k|v] tensor, split by the total head counts first."""
+    return QKV(
+        (
+            ("q", Source(name, transpose, (0, q))),
+            ("k", Source(name, transpose, (q, q + kv))),
+            ("v", Source(name, transpose, (q + kv, q + 2 * kv))),
+        )
+    )

@@ -1,0 +1,160 @@
+"""Llama-family decoder, built to the runtime names of docs/runtime-layout.md and nothing else.
+
+Checkpoint names differ from runtime names only where vLLM fuses (q/k/v into ``qkv_proj``,
+gate/up into ``gate_up_proj``); everything else loads under its own name.  The routing decisions
+are small methods (``is_skipped``, ``is_on_other_rank``, ``stacked_target``) so a test can build a
+mutant loader by overriding exactly one of them with a realistic bug.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Iterable
+
+import torch
+from torch import nn
+
+from reference_models.arch import Arch, Placement
+from reference_models.reference_loader.layers import (
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    PPMissingLayer,
+    QKVParallelLinear,
+    RMSNorm,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
+from reference_models.reference_loader.tracking import LoadTracker
+
+ROTARY_BUFFERS = ("inv_freq", "cos_cached", "sin_cached")
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, arch: Arch, placement: Placement) -> None:
+        super().__init__()
+        dtype = arch.torch_dtype
+        self.qkv_proj = QKVParallelLinear(
+            arch.hidden_size, arch.head_dim, arch.num_heads, arch.num_kv_heads,
+            arch.attention_bias, placement, dtype,
+        )
+        self.o_proj = RowParallelLinear(
+            arch.q_size, arch.hidden_size, arch.attention_bias, placement, dtype
+        )
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, arch: Arch, placement: Placement) -> None:
+        super().__init__()
+        dtype = arch.torch_dtype
+        self.gate_up_proj = MergedColumnParallelLinear(
+            arch.hidden_size, [arch.intermediate_size] * 2, False, placement, dtype
+        )
+        self.down_proj = RowParallelLinear(
+            arch.intermediate_size, arch.hidden_size, False, placement, dtype
+        )
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, arch: Arch, placement: Placement) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(arch, placement)
+        self.mlp = LlamaMLP(arch, placement)
+        self.input_layernorm = RMSNorm(arch.hidden_size, placement, arch.torch_dtype)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, placement, arch.torch_dtype)
+
+
+class LlamaModel(nn.Module):
+    """The decoder stack of one pipeline rank.
+
+    Under PP the embedding lives on the first rank, plus the last one when tied so ``lm_head``
+    has something to alias; the final norm lives on the last rank.
+    """
+
+    def __init__(self, arch: Arch, placement: Placement) -> None:
+        super().__init__()
+        dtype = arch.torch_dtype
+        needs_embedding = placement.is_first_pp_rank or (
+            arch.tie_word_embeddings and placement.is_last_pp_rank
+        )
+        self.embed_tokens = (
+            VocabParallelEmbedding(arch.vocab_size, arch.hidden_size, placement, dtype)
+            if needs_embedding
+            else PPMissingLayer()
+        )
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(arch, placement) if i in placement.layers else PPMissingLayer()
+            for i in range(arch.num_layers)
+        )
+        self.norm = (
+            RMSNorm(arch.hidden_size, placement, dtype)
+            if placement.is_last_pp_rank
+            else PPMissingLayer()
+        )
+
+
+class LlamaForCausalLM(nn.Module):
+    # (runtime segment, checkpoint segment, shard id), matched on whole name segments.
+    stacked_params_mapping: tuple[tuple[str, str, Hashable], ...] = (
+        ("qkv_proj", "q_proj", "q"),
+        ("qkv_proj", "k_proj", "k"),
+        ("qkv_proj", "v_proj", "v"),
+        ("gate_up_proj", "gate_proj", 0),
+        ("gate_up_proj", "up_proj", 1),
+    )
+
+    def __init__(self, arch: Arch, placement: Placement) -> None:
+        super().__init__()
+        self.arch = arch
+        self.placement = placement
+        self.model = LlamaModel(arch, placement)
+        if not placement.is_last_pp_rank:
+            self.lm_head = PPMissingLayer()
+        elif arch.tie_word_embeddings:
+            # Registered after ``model``, so named_parameters() (which drops duplicates) lists
+            # the shared tensor only as model.embed_tokens.weight, exactly as in vLLM.
+            self.lm_head = self.model.embed_tokens
+        else:
+            self.lm_head = ParallelLMHead(
+                arch.vocab_size, arch.hidden_size, placement, arch.torch_dtype
+            )
+        self._missing_prefixes = tuple(
+            f"{name}." for name, module in self.named_modules() if isinstance(module, PPMissingLayer)
+        )
+
+    # -- routing hooks: override one to build a mutant ------------------------------------------
+
+    def is_skipped(self, name: str) -> bool:
+        """Checkpoint tensors that are not weights of this model at all."""
+        parts = name.split(".")
+        if len(parts) >= 2 and parts[-2] == "rotary_emb" and parts[-1] in ROTARY_BUFFERS:
+            return True
+        return self.arch.tie_word_embeddings and name.startswith("lm_head.")
+
+    def is_on_other_rank(self, name: str) -> bool:
+        """Real weights whose module another pipeline rank owns (a prefix test, as in vLLM)."""
+        return name.startswith(self._missing_prefixes)
+
+    def stacked_target(self, name: str) -> tuple[str, Hashable | None]:
+        """The runtime parameter a checkpoint name loads into, and which shard of it."""
+        parts = name.split(".")
+        for runtime_part, checkpoint_part, shard_id in self.stacked_params_mapping:
+            if checkpoint_part in parts:
+                parts[parts.index(checkpoint_part)] = runtime_part
+                return ".".join(parts), shard_id
+        return name, None
+
+    # -------------------------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load a checkpoint stream; return the runtime names every shard of which was loaded."""
+        tracker = LoadTracker(self)
+        for name, loaded_weight in weights:
+            if self.is_skipped(name) or self.is_on_other_rank(name):
+                continue
+            target, shard_id = self.stacked_target(name)
+            param = tracker.param(target)
+            if shard_id is None:
+                param.weight_loader(param, loaded_weight)
+            else:
+                param.weight_loader(param, loaded_weight, shard_id)
+            tracker.record(target, shard_id)
+        return tracker.loaded()

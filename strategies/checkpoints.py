@@ -1,0 +1,53 @@
+"""Checkpoint recipes: which optional tensors are present, key order, and the split into files."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from fixtures.case import CheckpointRecipe
+from reference_models.arch import Arch
+from reference_models.families import family_spec
+
+
+def value_seeds() -> st.SearchStrategy[int]:
+    return st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def checkpoint_names(draw, arch: Arch) -> list[str]:
+    """Required weights, plus (drawn) the skippable buffers and a redundant tied lm_head."""
+    specs = family_spec(arch.family).checkpoint(arch)
+    names = [n for n, s in specs.items() if s.role == "weight"]
+    buffers = [n for n, s in specs.items() if s.role == "buffer"]
+    if buffers and draw(st.booleans()):
+        names += buffers
+    aliases = [n for n, s in specs.items() if s.role == "alias"]
+    if aliases and draw(st.booleans()):
+        names += aliases
+    return names
+
+
+@st.composite
+def layouts(draw, names: list[str], max_files: int = 4) -> tuple[tuple[str, ...], ...]:
+    """A random order, and a random (not contiguous) assignment of names to 1..max_files files."""
+    order = draw(st.permutations(sorted(names)))
+    n_files = draw(st.integers(1, max(1, min(max_files, len(order)))))
+    owner = draw(st.lists(st.integers(0, n_files - 1), min_size=len(order), max_size=len(order)))
+    for k in range(n_files):  # no empty file: the k-th name goes to file k if file k is empty
+        if k not in owner:
+            owner[k] = k
+    return tuple(tuple(n for n, o in zip(order, owner) if o == k) for k in range(n_files))
+
+
+@st.composite
+def checkpoint_recipes(draw, arch: Arch, sharded: bool = True) -> CheckpointRecipe:
+    names = draw(checkpoint_names(arch))
+    files = draw(layouts(names, max_files=4 if sharded else 1))
+    return CheckpointRecipe(value_seed=draw(value_seeds()), files=files)
+
+
+@st.composite
+def relayouts(draw, recipe: CheckpointRecipe, sharded: bool = True) -> CheckpointRecipe:
+    """The same tensors and values in another order and split."""
+    files = draw(layouts(list(recipe.names), max_files=4 if sharded else 1))
+    return CheckpointRecipe(value_seed=recipe.value_seed, files=files)
