@@ -22,6 +22,19 @@ class LoaderSpecError(ValueError):
     """``--loader`` names nothing usable; the message says what is wrong."""
 
 
+def _names(key: str, value: Any) -> frozenset[str]:
+    """A collection of names as a frozenset; a bare string or a non-collection is an error."""
+    items = None
+    if not isinstance(value, (str, bytes)) and isinstance(value, Iterable):
+        items = list(value)
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise LoaderSpecError(
+            f"capabilities {key} must be a collection of names such as {{'llama'}}, "
+            f"not {value!r}"
+        )
+    return frozenset(items)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a loader supports.  Examples outside it are never generated.
@@ -34,8 +47,8 @@ class Capabilities:
     features: frozenset[str] = field(default_factory=lambda: frozenset(FEATURES))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "families", frozenset(self.families))
-        object.__setattr__(self, "features", frozenset(self.features))
+        for key in ("families", "features"):
+            object.__setattr__(self, key, _names(key, getattr(self, key)))
         unknown = sorted(self.families - set(FAMILIES)) + sorted(self.features - set(FEATURES))
         if unknown:
             raise LoaderSpecError(
@@ -53,7 +66,7 @@ class Capabilities:
             extra = set(value) - {"families", "features"}
             if extra:
                 raise LoaderSpecError(f"capabilities has unknown keys {sorted(extra)}")
-            return cls(**{k: frozenset(v) for k, v in value.items()})
+            return cls(**value)
         raise LoaderSpecError(
             f"capabilities must be a Capabilities or a mapping, not {type(value).__name__}"
         )

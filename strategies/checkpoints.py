@@ -32,10 +32,10 @@ def layouts(draw, names: list[str], max_files: int = 4) -> tuple[tuple[str, ...]
     """A random order, and a random (not contiguous) assignment of names to 1..max_files files."""
     order = draw(st.permutations(sorted(names)))
     n_files = draw(st.integers(1, max(1, min(max_files, len(order)))))
-    owner = draw(st.lists(st.integers(0, n_files - 1), min_size=len(order), max_size=len(order)))
-    for k in range(n_files):  # no empty file: the k-th name goes to file k if file k is empty
-        if k not in owner:
-            owner[k] = k
+    rest = len(order) - n_files  # the first n_files names seed one file each: none is empty
+    owner = list(range(n_files)) + draw(
+        st.lists(st.integers(0, n_files - 1), min_size=rest, max_size=rest)
+    )
     return tuple(tuple(n for n, o in zip(order, owner) if o == k) for k in range(n_files))
 
 

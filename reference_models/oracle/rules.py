@@ -55,6 +55,8 @@ def _rank_label(label: str, placement) -> str:
 
 
 def _block(n: int, placement) -> tuple[int, int]:
+    if n % placement.tp_size:
+        raise ValueError(f"invalid case: {n} rows do not split over tp_size {placement.tp_size}")
     size = n // placement.tp_size
     return placement.tp_rank * size, (placement.tp_rank + 1) * size
 

@@ -1,0 +1,298 @@
+"""End-to-end tests of the weightcheck pytest plugin (``conformance.plugin``).
+
+Every run is a subprocess (``runpytest_subprocess``): the plugin loads Hypothesis profiles and
+seeds, which are process-global.  Each run imports torch (about 2 s), so runs are few and the
+ones that run real properties select a single test.  Loaders under test are written into the
+pytester directory, which is the subprocess's working directory and on its PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import conformance
+from conformance.protocol import LoaderSpecError, resolve_loader
+
+CONFORMANCE = Path(conformance.__file__).resolve().parent
+REFERENCE = "reference_models.reference_loader"
+TIMEOUT = 180
+
+ROUNDTRIP_GPT2 = f"{CONFORMANCE / 'test_roundtrip.py'}::test_state_matches_checkpoint[gpt2]"
+TRACKING = str(CONFORMANCE / "test_tracking.py")
+
+# Loader modules written into the pytester directory.
+LOADERS = {
+    "no_load_method": """
+        class BuildOnly:
+            def build(self, arch, placement):
+                return None
+
+        loader = BuildOnly()
+    """,
+    "raises_on_import": """
+        raise RuntimeError("this loader module is broken on purpose")
+    """,
+    "unknown_caps": """
+        from reference_models.reference_loader import loader as ref
+
+        class UnknownCaps:
+            capabilities = {"families": ["llama", "mamba"], "features": ["warp_drive"]}
+            build = staticmethod(ref.build)
+            load = staticmethod(ref.load)
+
+        loader = UnknownCaps()
+    """,
+    "caps_not_names": """
+        from reference_models.reference_loader import loader as ref
+
+        class CapsNotNames:
+            capabilities = {"families": 5}
+            build = staticmethod(ref.build)
+            load = staticmethod(ref.load)
+
+        loader = CapsNotNames()
+    """,
+    "caps_bare_string": """
+        from reference_models.reference_loader import loader as ref
+
+        class CapsBareString:
+            capabilities = {"families": "llama"}
+            build = staticmethod(ref.build)
+            load = staticmethod(ref.load)
+
+        loader = CapsBareString()
+    """,
+    # Correct except that one runtime parameter is zeroed after loading.
+    "zeroing_loader": """
+        import torch
+        from reference_models.reference_loader import loader as ref
+
+        CORRUPTED = "transformer.ln_f.bias"
+
+        class Zeroing:
+            name = "zeroes transformer.ln_f.bias"
+
+            def build(self, arch, placement):
+                return ref.build(arch, placement)
+
+            def load(self, model, checkpoint):
+                loaded = ref.load(model, checkpoint)
+                params = dict(model.named_parameters())
+                if CORRUPTED in params:
+                    with torch.no_grad():
+                        params[CORRUPTED].zero_()
+                return loaded
+
+        loader = Zeroing()
+    """,
+    # Supports llama only, no optional features, and does no weight tracking.
+    "llama_untracked": """
+        from reference_models.reference_loader import loader as ref
+
+        class LlamaUntracked:
+            name = "llama only, untracked"
+            capabilities = {"families": ["llama"], "features": []}
+
+            def build(self, arch, placement):
+                return ref.build(arch, placement)
+
+            def load(self, model, checkpoint):
+                ref.load(model, checkpoint)
+                return None
+
+        loader = LlamaUntracked()
+    """,
+}
+
+
+@pytest.fixture
+def loaders(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(**LOADERS)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=TIMEOUT)
+
+
+def output(result: pytest.RunResult) -> str:
+    return result.stdout.str() + "\n" + result.stderr.str()
+
+
+def summary_section(result: pytest.RunResult) -> list[str]:
+    """The lines of the 'what the examples exercised' terminal summary section."""
+    lines = result.outlines
+    start = next(
+        i for i, line in enumerate(lines) if "weightcheck: what the examples exercised" in line
+    )
+    section = []
+    for line in lines[start + 1 :]:
+        if line.startswith("="):
+            break
+        if line.strip():
+            section.append(line)
+    return section
+
+
+# --- usage errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        pytest.param(("--pyargs", "conformance"), "needs --loader", id="pyargs-no-loader"),
+        pytest.param((str(CONFORMANCE),), "needs --loader", id="path-no-loader"),
+        pytest.param(
+            ("--loader=no_such_module_xyz",),
+            "no module named 'no_such_module_xyz'",
+            id="no-such-module",
+        ),
+        pytest.param(("--loader=a:b:c",), "is not of the form MODULE[:ATTR]", id="malformed"),
+        pytest.param(
+            (f"--loader={REFERENCE}:nope",),
+            f"module '{REFERENCE}' has no 'nope'",
+            id="missing-attribute",
+        ),
+        pytest.param(
+            ("--loader=no_load_method",), "lacks callable load()", id="object-without-load"
+        ),
+        pytest.param(
+            ("--loader=raises_on_import",),
+            "importing 'raises_on_import' raised RuntimeError: "
+            "this loader module is broken on purpose",
+            id="raises-on-import",
+        ),
+        pytest.param(
+            ("--loader=unknown_caps",),
+            "capabilities name unknown families or features ['mamba', 'warp_drive']",
+            id="unknown-capabilities",
+        ),
+    ],
+)
+def test_usage_error(loaders, args, expected):
+    result = run(loaders, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    errors = [line for line in result.errlines if line.startswith("ERROR:")]
+    assert len(errors) == 1, output(result)
+    assert expected in errors[0]
+    assert "Traceback" not in output(result)
+    assert "INTERNALERROR" not in output(result)
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        ("caps_not_names", "capabilities families must be a collection of names"),
+        ("caps_bare_string", "capabilities families must be a collection of names"),
+    ],
+)
+def test_malformed_capabilities_are_spec_errors(loaders, module, expected):
+    """Checked in-process (resolve_loader is what the plugin turns into a usage error): a
+    non-collection used to escape as TypeError (an INTERNALERROR traceback), and a bare string
+    was split into one-letter 'families'."""
+    loaders.syspathinsert()
+    with pytest.raises(LoaderSpecError, match=re.escape(expected)):
+        resolve_loader(module)
+
+
+# --- inert without --loader -------------------------------------------------------------------
+
+
+def test_inert_in_other_projects(pytester):
+    pytester.makepyfile(test_trivial="def test_ok():\n    assert True\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(passed=1)
+    assert not any(line.startswith("weightcheck:") for line in result.outlines)
+    assert "weightcheck: what the examples exercised" not in output(result)
+
+
+# --- header, xdist, determinism ---------------------------------------------------------------
+
+
+def test_header_and_xdist_determinism(pytester):
+    """The same --hypothesis-seed draws the same examples with and without xdist workers."""
+    args = ("--hypothesis-profile=dev", "--hypothesis-seed=123", f"--loader={REFERENCE}", TRACKING)
+    serial = run(pytester, "-n", "0", *args)
+    assert serial.ret == pytest.ExitCode.OK, output(serial)
+    serial.assert_outcomes(passed=2)
+
+    header = [line for line in serial.outlines if line.startswith("weightcheck: ")]
+    assert header[0] == f"weightcheck: loader {REFERENCE} (weightcheck reference loader)"
+    versions = ", ".join(
+        f"{pkg} {metadata.version(pkg)}"
+        for pkg in ("weightcheck", "torch", "safetensors", "hypothesis")
+    )
+    assert header[1] == f"weightcheck: {versions}"
+    assert header[2] == "weightcheck: hypothesis profile dev, seed 123"
+    assert not any("not supported" in line for line in header)
+
+    parallel = run(pytester, "-n", "2", *args)
+    assert parallel.ret == pytest.ExitCode.OK, output(parallel)
+    parallel.assert_outcomes(passed=2)
+    assert "2 workers" in parallel.stdout.str()
+
+    serial_summary, parallel_summary = summary_section(serial), summary_section(parallel)
+    examples = [line for line in serial_summary if line.startswith("examples run: ")]
+    assert len(examples) == 1 and int(examples[0].split(": ")[1]) >= 2 * 50
+    assert parallel_summary == serial_summary
+    assert not any("NOT EXERCISED" in line for line in serial_summary)
+
+
+# --- a wrong loader -----------------------------------------------------------------------------
+
+
+def test_failing_loader_reports_parameter_and_replay(loaders):
+    result = run(
+        loaders,
+        "--loader=zeroing_loader",
+        "--hypothesis-profile=dev",
+        "--hypothesis-seed=7",
+        ROUNDTRIP_GPT2,
+    )
+    text = output(result)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text
+    result.assert_outcomes(failed=1)
+    assert "Traceback" not in result.stderr.str()
+    # The property's message names the runtime parameter and what it holds.
+    assert re.search(r"round trip: the loaded state differs from the checkpoint", text)
+    assert re.search(r"transformer\.ln_f\.bias .*should be transformer\.ln_f\.bias; it holds zeros", text)
+    # The replay section gives a command that reruns exactly this test with this seed.
+    result.stdout.fnmatch_lines(["*weightcheck: replay*"])
+    replay = (
+        "pytest --loader=zeroing_loader --hypothesis-profile=dev --hypothesis-seed=7 "
+        f"'{ROUNDTRIP_GPT2}'"
+    )
+    assert replay in result.outlines, text
+
+
+def test_capabilities_and_untracked_loader(loaders):
+    """Families outside the capabilities and load() -> None are skips, with reasons."""
+    result = run(
+        loaders, "--loader=llama_untracked", "--hypothesis-profile=ci", "-rs", TRACKING
+    )
+    text = output(result)
+    assert result.ret == pytest.ExitCode.OK, text
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "weightcheck: loader llama_untracked (llama only, untracked)",
+            "weightcheck: hypothesis profile ci, derandomized (no seed)",
+            "weightcheck: not supported by the loader: gpt2, attention_bias, "
+            "sharded_checkpoint, tensor_parallel, tied_embeddings",
+        ]
+    )
+    # Both reasons, in whichever order the short summary lists them.
+    result.stdout.fnmatch_lines(
+        ["SKIPPED *test_tracking.py*not supported by the loader: family gpt2"]
+    )
+    result.stdout.fnmatch_lines(
+        ["SKIPPED *test_tracking.py*not supported by the loader: load() returned None*"]
+    )
+    summary = summary_section(result)
+    assert re.search(r"^  tensor_parallel +not supported by the loader$", "\n".join(summary), re.M)
+    assert re.search(r"^  family gpt2 +not supported by the loader$", "\n".join(summary), re.M)
