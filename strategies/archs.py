@@ -32,11 +32,13 @@ def kv_head_counts(tp_size: int) -> st.SearchStrategy[int]:
 def llama_archs(draw, tp_size: int = 1, tied: bool = True, bias: bool = True) -> Arch:
     num_kv_heads = draw(kv_head_counts(tp_size))
     groups = [g for g in (1, 2, 3, 4) if (num_kv_heads * g) % tp_size == 0]
+    num_heads = num_kv_heads * draw(st.sampled_from(groups))
     return Arch(
         family="llama",
-        hidden_size=draw(st.integers(2, 24)),
+        # transformers requires hidden_size % num_heads == 0; head_dim stays independent of it.
+        hidden_size=num_heads * draw(st.integers(1, 4)),
         num_layers=draw(st.integers(1, 3)),
-        num_heads=num_kv_heads * draw(st.sampled_from(groups)),
+        num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=draw(st.sampled_from([2, 4, 8])),
         intermediate_size=tp_size * draw(st.integers(1, 6)),
