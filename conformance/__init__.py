@@ -3,11 +3,26 @@
 The public protocol types are importable from here::
 
     from conformance import Arch, Placement, Checkpoint, Capabilities
+
+They are imported on first use: the plugin is loaded by every pytest run wherever weightcheck
+is installed, and must not make those runs import torch.
 """
 
-from fixtures.checkpoint import Checkpoint
-from reference_models.arch import Arch, Placement
+from importlib import import_module
 
-from .protocol import FAMILIES, FEATURES, Capabilities
+_EXPORTS = {
+    "Arch": "reference_models.arch",
+    "Placement": "reference_models.arch",
+    "Checkpoint": "fixtures.checkpoint",
+    "Capabilities": "conformance.protocol",
+    "FAMILIES": "conformance.protocol",
+    "FEATURES": "conformance.protocol",
+}
 
-__all__ = ["Arch", "Capabilities", "Checkpoint", "FAMILIES", "FEATURES", "Placement"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'conformance' has no attribute {name!r}")

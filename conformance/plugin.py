@@ -10,15 +10,17 @@ import random
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .harness import Harness
-from .profiles import DEFAULT_PROFILE, PROFILES, register_profiles
 from .protocol import FAMILIES, FEATURES, LoaderSpecError, resolve_loader
 
+if TYPE_CHECKING:
+    from .harness import Harness
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-HARNESS_KEY = pytest.StashKey[Harness]()
+HARNESS_KEY = pytest.StashKey["Harness"]()
 SEED_KEY = pytest.StashKey[int]()
 FEATURE_PROPERTY = "weightcheck_features"
 EXTRA_FEATURES = ("gqa_replicated", "redundant_lm_head", "buffers_in_checkpoint")
@@ -64,6 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
         adapter = resolve_loader(spec)
     except LoaderSpecError as exc:
         raise pytest.UsageError(str(exc)) from None
+    from .harness import Harness  # imports torch and the strategies: only when the suite runs
+    from .profiles import DEFAULT_PROFILE, PROFILES, register_profiles
+
     register_profiles()
     if config.getoption("hypothesis_profile", None) is None:
         config.option.hypothesis_profile = DEFAULT_PROFILE
@@ -150,7 +155,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def weightcheck(pytestconfig: pytest.Config) -> Harness:
+def weightcheck(pytestconfig: pytest.Config) -> "Harness":
     """The loader under test and case drawing within its capabilities."""
     if not _active(pytestconfig):
         raise pytest.UsageError("the weightcheck fixture needs --loader=MODULE[:ATTR]")
@@ -199,7 +204,7 @@ class _Summary:
     Counts travel in each report's ``user_properties``, so they survive ``-n auto``.
     """
 
-    def __init__(self, harness: Harness) -> None:
+    def __init__(self, harness: "Harness") -> None:
         self.harness = harness
         self.counts: Counter = Counter()
 

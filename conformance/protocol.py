@@ -12,7 +12,6 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import torch
 
 FAMILIES = ("llama", "gpt2")
 FEATURES = ("tensor_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint")
@@ -101,7 +100,7 @@ class LoaderAdapter:
             )
         return set(loaded)
 
-    def state(self, model) -> dict[str, torch.Tensor]:
+    def state(self, model) -> dict[str, Any]:
         state_fn: Callable | None = getattr(self.target, "state", None)
         if state_fn is None:
             return dict(model.named_parameters())
