@@ -59,7 +59,7 @@ def _hint(actual: torch.Tensor, expected: torch.Tensor) -> str:
         return "it holds only NaN (never written?)"
     if not actual.any():
         return "it holds zeros"
-    if actual.dim() == 2 and actual.shape[0] == actual.shape[1] and _same(actual.t(), expected):
+    if actual.dim() == 2 and actual.shape[0] == actual.shape[1] and same_bits(actual.t(), expected):
         return "it holds the transpose"
     diff = (actual != expected).nonzero()
     if not len(diff):
@@ -71,7 +71,7 @@ def _hint(actual: torch.Tensor, expected: torch.Tensor) -> str:
     )
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise equality (so -0.0 != 0.0 and NaN payloads count), which torch.equal is not."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
@@ -96,13 +96,13 @@ def param_mismatches(
         ]
     if actual.dtype != exp.value.dtype:
         return [f"{name}: dtype {actual.dtype}, expected {exp.value.dtype} (the checkpoint's)"]
-    if _same(actual, exp.value):
+    if same_bits(actual, exp.value):
         return []
     out = []
     shape = tuple(exp.value.shape)
     for piece in exp.pieces:
         got, want = actual[piece.dst], exp.value[piece.dst]
-        if _same(got, want):
+        if same_bits(got, want):
             continue
         hint = _hint(got, want)
         out.append(

@@ -23,7 +23,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 HARNESS_KEY = pytest.StashKey["Harness"]()
 SEED_KEY = pytest.StashKey[int]()
 FEATURE_PROPERTY = "weightcheck_features"
-EXTRA_FEATURES = ("gqa_replicated", "redundant_lm_head", "buffers_in_checkpoint")
+EXTRA_FEATURES = (
+    "gqa_replicated",
+    "redundant_lm_head",
+    "buffers_in_checkpoint",
+    "shared_expert",
+    "mixed_dense_moe",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,15 +9,19 @@ against deliberately buggy loaders.
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 from typing import Any, Callable
+
+import torch
 
 
 from fixtures.case import Case, CheckpointRecipe
 from fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
-from reference_models.oracle import Expected, expected_state
+from reference_models.families import family_spec
+from reference_models.oracle import Expected, expected_state, source_view
 from reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
-from .assertions import PropertyFailure, fail, state_mismatches
+from .assertions import PropertyFailure, same_bits, fail, state_mismatches
 from .protocol import LoaderAdapter
 
 
@@ -68,14 +72,18 @@ def _load_or_fail(loader, case, title, recipe=None):
 
 
 def _expected(case: Case, tensors) -> Expected:
-    return expected_state(case.arch, case.placement, tensors)
+    return expected_state(case.arch, case.placement, tensors, case.recipe.format)
+
+
+def _shapes(case: Case):
+    return checkpoint_shapes(case.arch, case.recipe.format)
 
 
 def roundtrip(loader: LoaderAdapter, case: Case) -> None:
     """Every runtime parameter of the rank holds exactly the checkpoint data it should."""
     title = "round trip: the loaded state differs from the checkpoint"
     state, _, tensors = _load_or_fail(loader, case, title)
-    problems = state_mismatches(state, _expected(case, tensors), checkpoint_shapes(case.arch))
+    problems = state_mismatches(state, _expected(case, tensors), _shapes(case))
     if problems:
         fail(title, problems, context(case))
 
@@ -103,7 +111,7 @@ def tracking(loader: LoaderAdapter, case: Case) -> None:
 
 def needed_tensors(case: Case) -> list[str]:
     """Checkpoint tensors some runtime parameter of this rank is built from, in a stable order."""
-    return sorted(needed_sources(case.arch, case.placement))
+    return sorted(needed_sources(case.arch, case.placement, case.recipe.format))
 
 
 def missing_tensor(loader: LoaderAdapter, case: Case, dropped: str) -> str:
@@ -131,7 +139,7 @@ def missing_tensor(loader: LoaderAdapter, case: Case, dropped: str) -> str:
         )
     problems = _tracking_problems(loaded, set(expected.tracked - dependents))
     problems += state_mismatches(
-        state, expected, checkpoint_shapes(case.arch), only=expected.tracked - dependents
+        state, expected, _shapes(case), only=expected.tracked - dependents
     )
     if problems:
         fail(
@@ -153,7 +161,7 @@ def invariance(loader: LoaderAdapter, case: Case, other: CheckpointRecipe) -> No
     first, _, tensors = _load_or_fail(loader, case, title)
     second, _, _ = _load_or_fail(loader, case, title, other)
     expected = _expected(case, tensors)
-    shapes = checkpoint_shapes(case.arch)
+    shapes = _shapes(case)
     wrong_first = state_mismatches(first, expected, shapes)
     wrong_second = state_mismatches(second, expected, shapes)
     if not wrong_first and not wrong_second:
@@ -191,3 +199,121 @@ def checkpoint_unchanged(loader: LoaderAdapter, case: Case) -> None:
     ]
     if problems:
         fail(title, problems, context(case))
+
+
+def reload(loader: LoaderAdapter, case: Case, second_seed: int) -> None:
+    """A second checkpoint loaded into the same (possibly LoRA-wrapped) model replaces every
+    weight: RL weight sync, and reloading after wrapping."""
+    title = "reload: a second checkpoint loaded into the built model does not replace it"
+    second = replace(case, recipe=replace(case.recipe, value_seed=second_seed))
+    try:
+        with scratch_dir() as first_path, scratch_dir() as second_path:
+            first_ckpt = write_case(case, first_path)
+            second_tensors = case_tensors(second)
+            second_ckpt = write_case(second, second_path, tensors=second_tensors)
+            model = _call("build", loader.build, case.arch, case.placement)
+            _call("load", loader.load, model, first_ckpt)
+            loaded = _call("load", loader.load, model, second_ckpt)
+            state = _call("state", loader.state, model)
+    except LoaderRaised as err:
+        fail(title, [f"{err} (on the second load if both were reached)"], context(case))
+    expected = _expected(second, second_tensors)
+    problems = state_mismatches(state, expected, _shapes(case))
+    if loaded is not None:
+        problems += [f"second load: {p}" for p in _tracking_problems(loaded, set(expected.tracked))]
+    if problems:
+        fail(title, problems, context(case, f"second value seed: {second_seed}"))
+
+
+def strip_lora(name: str) -> str:
+    return name.replace(".base_layer.", ".")
+
+
+def lora_equivalence(loader: LoaderAdapter, case: Case) -> None:
+    """A LoRA-wrapped model loads exactly the base weights the unwrapped one does."""
+    if case.arch.lora is None:
+        raise ValueError("lora_equivalence needs a case with arch.lora")
+    title = "LoRA: the wrapped model's base weights differ from the unwrapped model's"
+    plain = replace(case, arch=replace(case.arch, lora=None))
+    wrapped_state, wrapped_loaded, tensors = _load_or_fail(loader, case, title)
+    plain_state, _, _ = _load_or_fail(loader, plain, title)
+    problems = []
+    by_plain_name = {strip_lora(n): n for n in wrapped_state}
+    if set(by_plain_name) != set(plain_state):
+        problems.append(
+            f"parameters only when wrapped: {sorted(set(by_plain_name) - set(plain_state))}; "
+            f"only when unwrapped: {sorted(set(plain_state) - set(by_plain_name))}"
+        )
+    expected = _expected(case, tensors)
+    problems += state_mismatches(wrapped_state, expected, _shapes(case))
+    if wrapped_loaded is not None:
+        problems += _tracking_problems(wrapped_loaded, set(expected.tracked))
+    if problems:
+        fail(title, problems, context(case))
+
+
+def _ranks(placement) -> list:
+    return [
+        replace(placement, pp_rank=pp, tp_rank=tp, ep_rank=ep)
+        for pp in range(placement.pp_size)
+        for tp in range(placement.tp_size)
+        for ep in range(placement.ep_size)
+    ]
+
+
+def _rank_name(p) -> str:
+    text = f"pp {p.pp_rank}/{p.pp_size}, tp {p.tp_rank}/{p.tp_size}"
+    return text + (f", ep {p.ep_rank}/{p.ep_size}" if p.ep_size > 1 else "")
+
+
+def all_ranks(loader: LoaderAdapter, case: Case) -> None:
+    """Every rank of the placement (pp x tp x ep) loads without error, holds exactly its slice
+    and tracks exactly its own parameters; together they cover every checkpoint weight."""
+    title = "all ranks: loading the whole placement rank by rank"
+    specs = family_spec(case.arch.family).checkpoint(case.arch, case.recipe.format)
+    tensors = case_tensors(case)
+    covered = {
+        n: torch.zeros(specs[n].shape, dtype=torch.bool)
+        for n in case.recipe.names
+        if specs[n].role == "weight"
+    }
+    problems = []
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path, tensors=tensors)
+        for placement in _ranks(case.placement):
+            rank_case = replace(case, placement=placement)
+            try:
+                model = _call("build", loader.build, case.arch, placement)
+                loaded = _call("load", loader.load, model, checkpoint)
+                state = _call("state", loader.state, model)
+            except LoaderRaised as err:
+                problems.append(f"rank {_rank_name(placement)}: {err}")
+                continue
+            expected = _expected(rank_case, tensors)
+            rank_problems = state_mismatches(state, expected, _shapes(case))
+            if loaded is not None:
+                rank_problems += _tracking_problems(loaded, set(expected.tracked))
+            problems += [f"rank {_rank_name(placement)}: {p}" for p in rank_problems]
+            _mark_covered(covered, state, expected)
+    for name, mask in covered.items():
+        if not mask.all():
+            problems.append(
+                f"{name}: {int((~mask).sum())} of {mask.numel()} elements are held correctly by "
+                "no rank"
+            )
+    if problems:
+        fail(title, problems, context(case, f"ranks: {len(_ranks(case.placement))}"))
+
+
+def _mark_covered(covered, state, expected: Expected) -> None:
+    """Mark the checkpoint elements this rank holds correctly (views write through to masks)."""
+    for name, param in expected.params.items():
+        actual = state.get(name)
+        if actual is None or tuple(actual.shape) != tuple(param.value.shape):
+            continue
+        actual = actual.detach().cpu()
+        for piece in param.pieces:
+            if piece.source is None or piece.source.name not in covered:
+                continue
+            if same_bits(actual[piece.dst], param.value[piece.dst]):
+                source_view(covered, piece.source)[piece.src] = True

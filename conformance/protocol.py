@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 
-FAMILIES = ("llama", "gpt2")
-FEATURES = ("tensor_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint")
+FAMILIES = ("llama", "gpt2", "qwen3_moe", "qwen2_moe")
+FEATURES = (
+    "tensor_parallel",
+    "pipeline_parallel",
+    "expert_parallel",
+    "tied_embeddings",
+    "attention_bias",
+    "lora",
+    "sharded_checkpoint",
+    "fused_expert_checkpoint",
+)
 
 
 class LoaderSpecError(ValueError):

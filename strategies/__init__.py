@@ -1,9 +1,9 @@
 """Hypothesis strategies for architectures, placements, checkpoint recipes and whole cases."""
 
-from .archs import ARCH_STRATEGIES, gpt2_archs, llama_archs
+from .archs import ARCH_STRATEGIES, gpt2_archs, llama_archs, qwen2_moe_archs, qwen3_moe_archs
 from .cases import cases
 from .checkpoints import checkpoint_recipes, layouts, relayouts
-from .placements import placements, tp_sizes
+from .placements import partitions, placements, pp_sizes, tp_sizes, vllm_default_partition
 
 __all__ = [
     "ARCH_STRATEGIES",
@@ -12,7 +12,12 @@ __all__ = [
     "gpt2_archs",
     "layouts",
     "llama_archs",
+    "qwen2_moe_archs",
+    "qwen3_moe_archs",
+    "partitions",
     "placements",
+    "pp_sizes",
+    "vllm_default_partition",
     "relayouts",
     "tp_sizes",
 ]

@@ -1,18 +1,22 @@
-"""Tiny, valid architectures per family, for a given tensor-parallel size.
+"""Tiny, valid architectures per family, for a given tensor-parallel size and layer count.
 
-The tp size is drawn first (``strategies.cases``) and each family's strategy builds only
-shapes that size can split: heads and intermediate sizes divisible by tp, and kv-head counts
-that tp either divides or is a multiple of (GQA replication).  No ``assume``: invalid shapes are
-never drawn.  A new family adds one strategy here and registers it in ``ARCH_STRATEGIES``.
+The parallel sizes are drawn first (``strategies.cases``) and each family's strategy builds
+only shapes they can split: heads and intermediate sizes divisible by tp, kv-head counts that
+tp either divides or is a multiple of (GQA replication), at least ``min_layers`` layers for
+the pipeline ranks.  No ``assume``: invalid shapes are never drawn.  A new family adds one
+strategy here and registers it in ``ARCH_STRATEGIES``.
 """
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from reference_models.arch import DTYPES, Arch
+from conformance.protocol import Capabilities
+from reference_models.arch import DTYPES, LORA_TARGETS, Arch, LoRA, MoE
 
 DTYPE_NAMES = tuple(DTYPES)
+MAX_LAYERS = 4
+MAX_EXPERTS = 16
 
 
 def dtypes() -> st.SearchStrategy[str]:
@@ -24,50 +28,139 @@ def vocab_sizes() -> st.SearchStrategy[int]:
     return st.one_of(st.integers(1, 200), st.sampled_from([64, 128]))
 
 
+def layer_counts(min_layers: int = 1) -> st.SearchStrategy[int]:
+    return st.integers(max(1, min_layers), MAX_LAYERS)
+
+
 def kv_head_counts(tp_size: int) -> st.SearchStrategy[int]:
     return st.sampled_from([n for n in (1, 2, 3, 4) if n % tp_size == 0 or tp_size % n == 0])
 
 
+def flag(caps: Capabilities, feature: str) -> st.SearchStrategy[bool]:
+    return st.booleans() if caps.supports(feature) else st.just(False)
+
+
+def loras(moe: bool) -> st.SearchStrategy[LoRA]:
+    targets = [t for t in LORA_TARGETS if moe or t != "experts"]
+    return st.builds(
+        LoRA,
+        targets=st.lists(st.sampled_from(targets), min_size=1, unique=True).map(tuple),
+        rank=st.integers(1, 4),
+    )
+
+
+def maybe_lora(caps: Capabilities, moe: bool) -> st.SearchStrategy[LoRA | None]:
+    return st.none() | loras(moe) if caps.supports("lora") else st.none()
+
+
 @st.composite
-def llama_archs(draw, tp_size: int = 1, tied: bool = True, bias: bool = True) -> Arch:
-    num_kv_heads = draw(kv_head_counts(tp_size))
-    groups = [g for g in (1, 2, 3, 4) if (num_kv_heads * g) % tp_size == 0]
-    num_heads = num_kv_heads * draw(st.sampled_from(groups))
-    return Arch(
-        family="llama",
-        # transformers requires hidden_size % num_heads == 0; head_dim stays independent of it.
-        hidden_size=num_heads * draw(st.integers(1, 4)),
-        num_layers=draw(st.integers(1, 3)),
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=draw(st.sampled_from([2, 4, 8])),
-        intermediate_size=tp_size * draw(st.integers(1, 6)),
-        vocab_size=draw(vocab_sizes()),
-        tie_word_embeddings=draw(st.booleans()) if tied else False,
-        attention_bias=draw(st.booleans()) if bias else False,
-        dtype=draw(dtypes()),
+def moes(draw, tp_size: int, num_layers: int, shared: bool) -> MoE:
+    """1-16 experts; some layers may be dense, never all of them."""
+    num_experts = draw(st.integers(1, MAX_EXPERTS))
+    dense = draw(st.sets(st.integers(0, num_layers - 1), max_size=num_layers - 1))
+    return MoE(
+        num_experts=num_experts,
+        top_k=draw(st.integers(1, min(num_experts, 4))),
+        moe_intermediate_size=tp_size * draw(st.integers(1, 4)),
+        shared_expert_intermediate_size=tp_size * draw(st.integers(1, 4)) if shared else 0,
+        dense_layers=tuple(sorted(dense)),
     )
 
 
 @st.composite
-def gpt2_archs(draw, tp_size: int = 1, tied: bool = True, bias: bool = True) -> Arch:
-    """GPT-2 always has biases and nKV == nH; ``bias`` does not apply."""
+def attention_shapes(draw, tp_size: int) -> dict:
+    """GQA head counts tp can split; hidden_size a multiple of num_heads (transformers checks)."""
+    num_kv_heads = draw(kv_head_counts(tp_size))
+    groups = [g for g in (1, 2, 3, 4) if (num_kv_heads * g) % tp_size == 0]
+    num_heads = num_kv_heads * draw(st.sampled_from(groups))
+    return {
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "hidden_size": num_heads * draw(st.integers(1, 4)),
+        "head_dim": draw(st.sampled_from([2, 4, 8])),
+    }
+
+
+@st.composite
+def llama_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
+    caps = caps or Capabilities()
+    return Arch(
+        family="llama",
+        **draw(attention_shapes(tp_size)),
+        num_layers=draw(layer_counts(min_layers)),
+        intermediate_size=tp_size * draw(st.integers(1, 6)),
+        vocab_size=draw(vocab_sizes()),
+        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
+        attention_bias=draw(flag(caps, "attention_bias")),
+        dtype=draw(dtypes()),
+        lora=draw(maybe_lora(caps, moe=False)),
+    )
+
+
+@st.composite
+def qwen3_moe_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
+    caps = caps or Capabilities()
+    num_layers = draw(layer_counts(min_layers))
+    return Arch(
+        family="qwen3_moe",
+        **draw(attention_shapes(tp_size)),
+        num_layers=num_layers,
+        intermediate_size=tp_size * draw(st.integers(1, 6)),
+        vocab_size=draw(vocab_sizes()),
+        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
+        attention_bias=draw(flag(caps, "attention_bias")),
+        dtype=draw(dtypes()),
+        moe=draw(moes(tp_size, num_layers, shared=False)),
+        lora=draw(maybe_lora(caps, moe=True)),
+    )
+
+
+@st.composite
+def qwen2_moe_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
+    """q/k/v always biased (``attention_bias`` True); head_dim = hidden_size / num_heads."""
+    caps = caps or Capabilities()
+    shapes = draw(attention_shapes(tp_size))
+    shapes["hidden_size"] = shapes["num_heads"] * shapes["head_dim"]
+    num_layers = draw(layer_counts(min_layers))
+    return Arch(
+        family="qwen2_moe",
+        **shapes,
+        num_layers=num_layers,
+        intermediate_size=tp_size * draw(st.integers(1, 6)),
+        vocab_size=draw(vocab_sizes()),
+        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
+        attention_bias=True,
+        dtype=draw(dtypes()),
+        moe=draw(moes(tp_size, num_layers, shared=True)),
+        lora=draw(maybe_lora(caps, moe=True)),
+    )
+
+
+@st.composite
+def gpt2_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
+    """GPT-2 always has biases and nKV == nH; no LoRA."""
+    caps = caps or Capabilities()
     num_heads = tp_size * draw(st.integers(1, 3))
     head_dim = draw(st.sampled_from([2, 4, 8]))
     return Arch(
         family="gpt2",
         hidden_size=num_heads * head_dim,
-        num_layers=draw(st.integers(1, 3)),
+        num_layers=draw(layer_counts(min_layers)),
         num_heads=num_heads,
         num_kv_heads=num_heads,
         head_dim=head_dim,
         intermediate_size=tp_size * draw(st.integers(1, 6)),
         vocab_size=draw(vocab_sizes()),
         max_position_embeddings=draw(st.integers(2, 12)),
-        tie_word_embeddings=draw(st.booleans()) if tied else False,
+        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
         attention_bias=True,
         dtype=draw(dtypes()),
     )
 
 
-ARCH_STRATEGIES = {"llama": llama_archs, "gpt2": gpt2_archs}
+ARCH_STRATEGIES = {
+    "llama": llama_archs,
+    "gpt2": gpt2_archs,
+    "qwen3_moe": qwen3_moe_archs,
+    "qwen2_moe": qwen2_moe_archs,
+}

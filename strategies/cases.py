@@ -9,20 +9,28 @@ from fixtures.case import Case
 
 from .archs import ARCH_STRATEGIES
 from .checkpoints import checkpoint_recipes
-from .placements import placements, tp_sizes
+from .placements import placements, pp_sizes, tp_sizes
 
 
 @st.composite
-def cases(draw, family: str, capabilities: Capabilities | None = None) -> Case:
+def cases(
+    draw, family: str, capabilities: Capabilities | None = None, max_ranks: int | None = None
+) -> Case:
+    """Parallel sizes first, then an arch they can split, a rank, and a checkpoint.
+
+    ``max_ranks`` bounds tp x pp x ep, for properties that load every rank of the placement.
+    """
     caps = capabilities or Capabilities()
-    tp_size = draw(tp_sizes(caps.supports("tensor_parallel")))
-    arch = draw(
-        ARCH_STRATEGIES[family](
-            tp_size=tp_size,
-            tied=caps.supports("tied_embeddings"),
-            bias=caps.supports("attention_bias"),
+    tp_size = draw(tp_sizes(caps.supports("tensor_parallel"), limit=max_ranks))
+    pp_size = draw(pp_sizes(caps.supports("pipeline_parallel"), limit=max_ranks and max_ranks // tp_size))
+    arch = draw(ARCH_STRATEGIES[family](tp_size=tp_size, min_layers=pp_size, caps=caps))
+    max_ep = max_ranks // (tp_size * pp_size) if max_ranks else None
+    placement = draw(placements(arch, tp_size, pp_size, caps, max_ep=max_ep))
+    recipe = draw(
+        checkpoint_recipes(
+            arch,
+            sharded=caps.supports("sharded_checkpoint"),
+            fused_experts=caps.supports("fused_expert_checkpoint"),
         )
     )
-    placement = draw(placements(arch, tp_size))
-    recipe = draw(checkpoint_recipes(arch, sharded=caps.supports("sharded_checkpoint")))
     return Case(arch, placement, recipe)

@@ -14,9 +14,9 @@ def value_seeds() -> st.SearchStrategy[int]:
 
 
 @st.composite
-def checkpoint_names(draw, arch: Arch) -> list[str]:
+def checkpoint_names(draw, arch: Arch, fmt: str = "default") -> list[str]:
     """Required weights, plus (drawn) the skippable buffers and a redundant tied lm_head."""
-    specs = family_spec(arch.family).checkpoint(arch)
+    specs = family_spec(arch.family).checkpoint(arch, fmt)
     names = [n for n, s in specs.items() if s.role == "weight"]
     buffers = [n for n, s in specs.items() if s.role == "buffer"]
     if buffers and draw(st.booleans()):
@@ -39,15 +39,24 @@ def layouts(draw, names: list[str], max_files: int = 4) -> tuple[tuple[str, ...]
     return tuple(tuple(n for n, o in zip(order, owner) if o == k) for k in range(n_files))
 
 
+def formats(arch: Arch, fused_experts: bool = True) -> st.SearchStrategy[str]:
+    """The family's checkpoint formats; ``fused_experts`` False keeps per-expert names only."""
+    options = [f for f in family_spec(arch.family).formats(arch) if fused_experts or f != "fused_experts"]
+    return st.sampled_from(options)
+
+
 @st.composite
-def checkpoint_recipes(draw, arch: Arch, sharded: bool = True) -> CheckpointRecipe:
-    names = draw(checkpoint_names(arch))
+def checkpoint_recipes(
+    draw, arch: Arch, sharded: bool = True, fused_experts: bool = True
+) -> CheckpointRecipe:
+    fmt = draw(formats(arch, fused_experts))
+    names = draw(checkpoint_names(arch, fmt))
     files = draw(layouts(names, max_files=4 if sharded else 1))
-    return CheckpointRecipe(value_seed=draw(value_seeds()), files=files)
+    return CheckpointRecipe(value_seed=draw(value_seeds()), files=files, format=fmt)
 
 
 @st.composite
 def relayouts(draw, recipe: CheckpointRecipe, sharded: bool = True) -> CheckpointRecipe:
     """The same tensors and values in another order and split."""
     files = draw(layouts(list(recipe.names), max_files=4 if sharded else 1))
-    return CheckpointRecipe(value_seed=recipe.value_seed, files=files)
+    return CheckpointRecipe(value_seed=recipe.value_seed, files=files, format=recipe.format)

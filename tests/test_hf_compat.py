@@ -6,18 +6,26 @@ hand with transformers 5.23.0.
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from fixtures.materialize import scratch_dir, write_case
 from strategies import cases
+
+FAMILY_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+}
 
 transformers = pytest.importorskip("transformers")
 
 
 @settings(
-    max_examples=20, deadline=None, database=None, phases=[Phase.generate],
+    max_examples=40, deadline=None, database=None, phases=[Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
-@given(case=cases("llama") | cases("gpt2"))
+@given(case=st.sampled_from(FAMILY_CLASSES).flatmap(cases))
 def test_transformers_loads_the_checkpoint(case):
     with scratch_dir() as path:
         write_case(case, path)
@@ -25,4 +33,4 @@ def test_transformers_loads_the_checkpoint(case):
             str(path), output_loading_info=True
         )
     assert not info["missing_keys"] and not info["mismatched_keys"], info
-    assert type(model).__name__ == ("LlamaForCausalLM" if case.arch.family == "llama" else "GPT2LMHeadModel")
+    assert type(model).__name__ == FAMILY_CLASSES[case.arch.family]

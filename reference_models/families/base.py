@@ -30,11 +30,18 @@ class TensorSpec:
 
 
 class FamilySpec:
-    """Base class of the per-family specs; subclasses set ``model_type`` and the three methods."""
+    """Base class of the per-family specs; subclasses set ``model_type`` and the three methods.
+
+    ``fmt`` names one of ``formats(arch)``: real checkpoints of one architecture come in more
+    than one naming (per-expert or fused 3-D experts), and a loader must read them all.
+    """
 
     model_type: str = ""
 
-    def checkpoint(self, arch) -> dict[str, TensorSpec]:
+    def formats(self, arch) -> tuple[str, ...]:
+        return ("default",)
+
+    def checkpoint(self, arch, fmt: str = "default") -> dict[str, TensorSpec]:
         """Every tensor an HF checkpoint of this arch may hold, optional ones included."""
         raise NotImplementedError
 
@@ -42,6 +49,14 @@ class FamilySpec:
         """config.json as HF writes it for this ``model_type``."""
         raise NotImplementedError
 
-    def layout(self, arch, placement) -> dict[str, Any]:
+    def layout(self, arch, placement, fmt: str = "default") -> dict[str, Any]:
         """Runtime parameter name -> layout rule (``reference_models.oracle.rules``)."""
         raise NotImplementedError
+
+
+def wrapped(arch, name: str, target: str) -> str:
+    """The runtime name under LoRA: ``a.b.weight`` -> ``a.b.base_layer.weight`` if wrapped."""
+    if not arch.lora_wraps(target):
+        return name
+    module, _, param = name.rpartition(".")
+    return f"{module}.base_layer.{param}"

@@ -11,7 +11,7 @@ COLUMN, ROW = 0, 1
 class GPT2(FamilySpec):
     model_type = "gpt2"
 
-    def checkpoint(self, arch):
+    def checkpoint(self, arch, fmt="default"):
         H, I, P = arch.hidden_size, arch.intermediate_size, arch.max_position_embeddings
         out = {
             "transformer.wte.weight": TensorSpec((arch.vocab_size, H)),
@@ -64,7 +64,7 @@ class GPT2(FamilySpec):
             "torch_dtype": arch.dtype,
         }
 
-    def layout(self, arch, placement):
+    def layout(self, arch, placement, fmt="default"):
         H = arch.hidden_size
         rules = {}
         if placement.is_first_pp_rank or (placement.is_last_pp_rank and arch.tie_word_embeddings):

@@ -1,44 +1,72 @@
-"""``llama``: dense decoder with GQA and optional attention bias (HF ``LlamaForCausalLM``)."""
+"""``llama``: dense decoder with GQA and optional attention bias (HF ``LlamaForCausalLM``).
+
+``Llama`` is also the base of the other decoder families (the Qwen MoE types): they override
+the attention extras, the MLP, and the config, and inherit embedding, norms, PP placement
+and LoRA naming.
+"""
 
 from __future__ import annotations
 
 from ..oracle.rules import QKV, Replicated, Sharded, Source, Stacked, VocabParallel
-from .base import FamilySpec, TensorSpec
+from .base import FamilySpec, TensorSpec, wrapped
 
 COLUMN, ROW = 0, 1
 
 
 class Llama(FamilySpec):
     model_type = "llama"
+    architecture = "LlamaForCausalLM"
 
-    def checkpoint(self, arch):
-        H, I, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_size, arch.kv_size
+    # -- per-family knobs ------------------------------------------------------------------
+
+    def qkv_bias(self, arch) -> bool:
+        return arch.attention_bias
+
+    def o_bias(self, arch) -> bool:
+        return arch.attention_bias
+
+    def attention_extras(self, arch, p: str) -> dict[str, TensorSpec]:
+        """Per-layer attention tensors beyond q/k/v/o (e.g. Qwen3's q_norm/k_norm)."""
+        return {}
+
+    def mlp_checkpoint(self, arch, i: int, p: str, fmt: str) -> dict[str, TensorSpec]:
+        return dense_mlp_checkpoint(arch, p + "mlp.", arch.intermediate_size)
+
+    def mlp_layout(self, arch, i: int, p: str, fmt: str) -> dict:
+        return dense_mlp_layout(arch, p + "mlp.")
+
+    def config_extras(self, arch) -> dict:
+        return {"head_dim": arch.head_dim, "attention_bias": arch.attention_bias, "mlp_bias": False}
+
+    # -- checkpoint ------------------------------------------------------------------------
+
+    def checkpoint(self, arch, fmt="default"):
+        H, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
         out = {"model.embed_tokens.weight": TensorSpec((arch.vocab_size, H))}
         for i in range(arch.num_layers):
             p = f"model.layers.{i}."
+            a = p + "self_attn."
             out |= {
-                p + "self_attn.q_proj.weight": TensorSpec((q, H)),
-                p + "self_attn.k_proj.weight": TensorSpec((kv, H)),
-                p + "self_attn.v_proj.weight": TensorSpec((kv, H)),
-                p + "self_attn.o_proj.weight": TensorSpec((H, q)),
+                a + "q_proj.weight": TensorSpec((q, H)),
+                a + "k_proj.weight": TensorSpec((kv, H)),
+                a + "v_proj.weight": TensorSpec((kv, H)),
+                a + "o_proj.weight": TensorSpec((H, q)),
             }
-            if arch.attention_bias:
+            if self.qkv_bias(arch):
                 out |= {
-                    p + "self_attn.q_proj.bias": TensorSpec((q,)),
-                    p + "self_attn.k_proj.bias": TensorSpec((kv,)),
-                    p + "self_attn.v_proj.bias": TensorSpec((kv,)),
-                    p + "self_attn.o_proj.bias": TensorSpec((H,)),
+                    a + "q_proj.bias": TensorSpec((q,)),
+                    a + "k_proj.bias": TensorSpec((kv,)),
+                    a + "v_proj.bias": TensorSpec((kv,)),
                 }
-            out |= {
-                p + "self_attn.rotary_emb.inv_freq": TensorSpec(
-                    (arch.head_dim // 2,), role="buffer", dtype="float32", fill="inv_freq"
-                ),
-                p + "mlp.gate_proj.weight": TensorSpec((I, H)),
-                p + "mlp.up_proj.weight": TensorSpec((I, H)),
-                p + "mlp.down_proj.weight": TensorSpec((H, I)),
-                p + "input_layernorm.weight": TensorSpec((H,)),
-                p + "post_attention_layernorm.weight": TensorSpec((H,)),
-            }
+            if self.o_bias(arch):
+                out[a + "o_proj.bias"] = TensorSpec((H,))
+            out |= self.attention_extras(arch, a)
+            out[a + "rotary_emb.inv_freq"] = TensorSpec(
+                (arch.head_dim // 2,), role="buffer", dtype="float32", fill="inv_freq"
+            )
+            out |= self.mlp_checkpoint(arch, i, p, fmt)
+            out[p + "input_layernorm.weight"] = TensorSpec((H,))
+            out[p + "post_attention_layernorm.weight"] = TensorSpec((H,))
         out["model.norm.weight"] = TensorSpec((H,))
         if arch.tie_word_embeddings:
             out["lm_head.weight"] = TensorSpec(
@@ -50,56 +78,72 @@ class Llama(FamilySpec):
 
     def config(self, arch):
         return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [self.architecture],
+            "model_type": self.model_type,
             "hidden_size": arch.hidden_size,
             "intermediate_size": arch.intermediate_size,
             "num_hidden_layers": arch.num_layers,
             "num_attention_heads": arch.num_heads,
             "num_key_value_heads": arch.num_kv_heads,
-            "head_dim": arch.head_dim,
             "vocab_size": arch.vocab_size,
             "max_position_embeddings": arch.max_position_embeddings,
             "hidden_act": "silu",
             "rms_norm_eps": 1e-6,
             "rope_theta": 10000.0,
-            "attention_bias": arch.attention_bias,
-            "mlp_bias": False,
             "tie_word_embeddings": arch.tie_word_embeddings,
             "bos_token_id": 0,
             "eos_token_id": 0,
             "dtype": arch.dtype,
             "torch_dtype": arch.dtype,
+            **self.config_extras(arch),
         }
 
-    def layout(self, arch, placement):
-        def s(name, **kw):
-            return Source(name, **kw)
+    # -- runtime layout (the oracle's rules) ---------------------------------------------------
 
+    def layout(self, arch, placement, fmt="default"):
         rules = {}
         if placement.is_first_pp_rank or (placement.is_last_pp_rank and arch.tie_word_embeddings):
-            rules["model.embed_tokens.weight"] = VocabParallel(s("model.embed_tokens.weight"))
+            rules["model.embed_tokens.weight"] = VocabParallel(Source("model.embed_tokens.weight"))
         for i in placement.layers:
             p = f"model.layers.{i}."
             a = p + "self_attn."
-            for kind in ("weight", "bias") if arch.attention_bias else ("weight",):
-                rules[a + f"qkv_proj.{kind}"] = QKV(
-                    tuple((x, s(a + f"{x}_proj.{kind}")) for x in "qkv")
+            kinds = ("weight", "bias") if self.qkv_bias(arch) else ("weight",)
+            for kind in kinds:
+                rules[wrapped(arch, a + f"qkv_proj.{kind}", "qkv")] = QKV(
+                    tuple((x, Source(a + f"{x}_proj.{kind}")) for x in "qkv")
                 )
-            rules[a + "o_proj.weight"] = Sharded(s(a + "o_proj.weight"), ROW)
-            if arch.attention_bias:
-                rules[a + "o_proj.bias"] = Replicated(s(a + "o_proj.bias"))
-            rules[p + "mlp.gate_up_proj.weight"] = Stacked(
-                (("0 (gate)", s(p + "mlp.gate_proj.weight")), ("1 (up)", s(p + "mlp.up_proj.weight")))
-            )
-            rules[p + "mlp.down_proj.weight"] = Sharded(s(p + "mlp.down_proj.weight"), ROW)
+            rules[wrapped(arch, a + "o_proj.weight", "o")] = Sharded(Source(a + "o_proj.weight"), ROW)
+            if self.o_bias(arch):
+                rules[wrapped(arch, a + "o_proj.bias", "o")] = Replicated(Source(a + "o_proj.bias"))
+            for name in self.attention_extras(arch, a):
+                rules[name] = Replicated(Source(name))
+            rules |= self.mlp_layout(arch, i, p, fmt)
             for norm in ("input_layernorm", "post_attention_layernorm"):
-                rules[p + f"{norm}.weight"] = Replicated(s(p + f"{norm}.weight"))
+                rules[p + f"{norm}.weight"] = Replicated(Source(p + f"{norm}.weight"))
         if placement.is_last_pp_rank:
-            rules["model.norm.weight"] = Replicated(s("model.norm.weight"))
+            rules["model.norm.weight"] = Replicated(Source("model.norm.weight"))
             if not arch.tie_word_embeddings:
-                rules["lm_head.weight"] = VocabParallel(s("lm_head.weight"))
+                rules["lm_head.weight"] = VocabParallel(Source("lm_head.weight"))
         return rules
+
+
+def dense_mlp_checkpoint(arch, m: str, size: int) -> dict[str, TensorSpec]:
+    """gate/up/down of a SwiGLU MLP under prefix ``m`` (``...mlp.`` or ``...shared_expert.``)."""
+    H = arch.hidden_size
+    return {
+        m + "gate_proj.weight": TensorSpec((size, H)),
+        m + "up_proj.weight": TensorSpec((size, H)),
+        m + "down_proj.weight": TensorSpec((H, size)),
+    }
+
+
+def dense_mlp_layout(arch, m: str) -> dict:
+    return {
+        wrapped(arch, m + "gate_up_proj.weight", "gate_up"): Stacked(
+            (("0 (gate)", Source(m + "gate_proj.weight")), ("1 (up)", Source(m + "up_proj.weight")))
+        ),
+        wrapped(arch, m + "down_proj.weight", "down"): Sharded(Source(m + "down_proj.weight"), ROW),
+    }
 
 
 SPEC = Llama()

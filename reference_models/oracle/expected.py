@@ -48,6 +48,8 @@ class Expected:
 
 def source_view(tensors: Mapping[str, torch.Tensor], source: Source) -> torch.Tensor:
     t = tensors[source.name]
+    if source.select is not None:
+        t = t[source.select]
     if source.transpose:
         t = t.t()
     if source.rows is not None:
@@ -55,29 +57,36 @@ def source_view(tensors: Mapping[str, torch.Tensor], source: Source) -> torch.Te
     return t
 
 
-def expected_layout(arch, placement) -> dict:
-    return families.family_spec(arch.family).layout(arch, placement)
+def expected_layout(arch, placement, fmt: str = "default") -> dict:
+    return families.family_spec(arch.family).layout(arch, placement, fmt)
 
 
-def checkpoint_shapes(arch) -> dict[str, tuple[int, ...]]:
-    return {n: s.shape for n, s in families.family_spec(arch.family).checkpoint(arch).items()}
+def checkpoint_shapes(arch, fmt: str = "default") -> dict[str, tuple[int, ...]]:
+    specs = families.family_spec(arch.family).checkpoint(arch, fmt)
+    return {n: s.shape for n, s in specs.items()}
 
 
-def needed_sources(arch, placement) -> frozenset[str]:
+def needed_sources(arch, placement, fmt: str = "default") -> frozenset[str]:
     """Checkpoint tensors this rank's parameters are built from (no values needed)."""
-    shapes = checkpoint_shapes(arch)
+    shapes = checkpoint_shapes(arch, fmt)
     names: set[str] = set()
-    for rule in expected_layout(arch, placement).values():
+    for rule in expected_layout(arch, placement, fmt).values():
         _, pieces = rule.pieces(arch, placement, shapes)
         names.update(p.source.name for p in pieces if p.source is not None)
     return frozenset(names)
 
 
-def expected_state(arch, placement, tensors: Mapping[str, torch.Tensor]) -> Expected:
-    """What ``state(model)`` must equal on this rank after loading ``tensors``."""
-    shapes = checkpoint_shapes(arch)
+def expected_state(
+    arch, placement, tensors: Mapping[str, torch.Tensor], fmt: str = "default"
+) -> Expected:
+    """What ``state(model)`` must equal on this rank after loading ``tensors``.
+
+    ``fmt`` is the checkpoint format (see ``FamilySpec.formats``), e.g. per-expert or fused
+    3-D expert tensors: the runtime state is the same, its sources differ.
+    """
+    shapes = checkpoint_shapes(arch, fmt)
     params = {}
-    for name, rule in expected_layout(arch, placement).items():
+    for name, rule in expected_layout(arch, placement, fmt).items():
         shape, pieces = rule.pieces(arch, placement, shapes)
         value = torch.zeros(shape, dtype=arch.torch_dtype)
         for piece in pieces:

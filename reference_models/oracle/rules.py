@@ -20,18 +20,23 @@ VOCAB_PADDING = 64
 
 @dataclass(frozen=True)
 class Source:
-    """A checkpoint tensor, optionally transposed, optionally narrowed to rows of that view.
+    """A checkpoint tensor, optionally one entry of its first dim, transposed, narrowed to rows.
 
-    ``rows`` index the (transposed) view, so a GPT-2 ``c_attn`` k block is
-    ``Source(name, transpose=True, rows=(H, 2H))``.
+    Applied in that order: ``select`` picks expert ``e`` of a fused 3-D expert tensor,
+    ``transpose`` swaps the two remaining dims, ``rows`` index the result.  A GPT-2 ``c_attn``
+    k block is ``Source(name, transpose=True, rows=(H, 2H))``; expert 3's up rows of a fused
+    ``gate_up_proj`` are ``Source(name, select=3, rows=(Im, 2 * Im))``.
     """
 
     name: str
     transpose: bool = False
     rows: tuple[int, int] | None = None
+    select: int | None = None
 
     def view_shape(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
         shape = tuple(shapes[self.name])
+        if self.select is not None:
+            shape = shape[1:]
         if self.transpose:
             shape = shape[::-1]
         if self.rows is not None:
@@ -188,3 +193,60 @@ def qkv_fused(name: str, q: int, kv: int, transpose: bool) -> QKV:
             ("v", Source(name, transpose, (q + kv, q + 2 * kv))),
         )
     )
+
+
+def local_experts(num_experts: int, placement) -> list[int]:
+    """Global ids of the experts this expert-parallel rank holds, in local order."""
+    k, n = placement.ep_rank, placement.ep_size
+    if n == 1:
+        return list(range(num_experts))
+    if placement.expert_placement == "round_robin":
+        return list(range(k, num_experts, n))
+    base, extra = divmod(num_experts, n)
+    start = k * base + min(k, extra)
+    return list(range(start, start + base + (1 if k < extra else 0)))
+
+
+@dataclass(frozen=True)
+class Experts:
+    """Routed experts stacked on dim 0 of a runtime tensor, local experts only.
+
+    ``sources[g]`` are the parts of global expert ``g`` with their shard labels.  ``dim`` 0:
+    parts are sharded on rows and stacked (``w13``: [gate_r | up_r]); ``dim`` 1: one part
+    sharded on columns (``w2``).  Under expert parallel each expert is held whole.
+    """
+
+    sources: tuple[tuple[tuple[str, Source], ...], ...]
+    dim: int
+
+    def pieces(self, arch, placement, shapes):
+        ep = placement.ep_size > 1
+        tm, r = (1, 0) if ep else (placement.tp_size, placement.tp_rank)
+        where = (
+            f"ep rank {placement.ep_rank}/{placement.ep_size} ({placement.expert_placement})"
+            if ep
+            else f"tp rank {r}/{tm}"
+        )
+        pieces = []
+        inner: tuple[int, ...] = ()
+        local = local_experts(len(self.sources), placement)
+        for j, g in enumerate(local):
+            offset = 0
+            for label, source in self.sources[g]:
+                shape = source.view_shape(shapes)
+                if shape[self.dim] % tm:
+                    raise ValueError(f"invalid case: {shape[self.dim]} does not split over {tm}")
+                size = shape[self.dim] // tm
+                block = slice(r * size, (r + 1) * size)
+                if self.dim == 0:
+                    dst = (j, slice(offset, offset + size), slice(0, shape[1]))
+                    src = (block, slice(0, shape[1]))
+                    offset += size
+                    inner = (offset, shape[1])
+                else:
+                    dst = (j, slice(0, shape[0]), slice(0, size))
+                    src = (slice(0, shape[0]), block)
+                    inner = (shape[0], size)
+                text = f"expert {g} as local {j}, shard {label}, {where}"
+                pieces.append(Piece(dst, source, src, text))
+        return (len(local), *inner), pieces

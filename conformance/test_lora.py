@@ -1,0 +1,19 @@
+"""LoRA wrapping: a wrapped model (``...base_layer.weight``) loads exactly the base weights the
+unwrapped one does, and tracks the ``base_layer`` parameters, never the LoRA A/B tensors."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conformance import properties
+from conformance.protocol import FAMILIES
+
+pytestmark = pytest.mark.conformance
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@given(data=st.data())
+def test_wrapped_model_loads_the_same_base_weights(weightcheck, family, data):
+    weightcheck.require(family, "lora")
+    case = weightcheck.draw_lora_case(data, family)
+    properties.lora_equivalence(weightcheck.loader, case)
