@@ -84,6 +84,8 @@ class GPT2TiedLmHeadNotSkipped(GPT2LMHeadModel):
             name = self.normalize_name(name)
             if ".attn.bias" in name or ".attn.masked_bias" in name:
                 continue
+            if self.is_on_other_rank(name):
+                continue
             param = params_dict[name]  # KeyError: 'lm_head.weight' when tied
             if any(c in name for c in CONV1D_MODULES) and name.endswith(".weight"):
                 w = w.t()

@@ -239,3 +239,15 @@ def test_gpt2_mutant_hooks_are_caught(tmp_path):
         load(tmp_path / "a", GPT2, placement, t, model=KeepsMaskedBias(GPT2, placement))
     with pytest.raises(ValueError, match="shape"):
         load(tmp_path / "b", GPT2, placement, t, model=NoTranspose(GPT2, placement))
+
+
+def test_llama_pipeline_last_rank_tied_loads_embedding(tmp_path):
+    arch = Arch("llama", hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=4,
+                intermediate_size=8, vocab_size=64, tie_word_embeddings=True)
+    t = llama_tensors(arch)
+    placement = Placement(layer_partition=(1, 1), pp_size=2, pp_rank=1)
+    model, loaded, s = load(tmp_path, arch, placement, t)
+    assert_complete(loaded, s)  # layer 0's tensors and lm_head.weight were skipped, not errors
+    assert {n.split(".")[2] for n in s if n.startswith("model.layers.")} == {"1"}
+    assert torch.equal(s["model.embed_tokens.weight"], t["model.embed_tokens.weight"])
+    assert model.lm_head.weight is s["model.embed_tokens.weight"] and "lm_head.weight" not in s

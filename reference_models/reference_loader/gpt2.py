@@ -92,6 +92,10 @@ class GPT2Model(nn.Module):
 class GPT2LMHeadModel(nn.Module):
     def __init__(self, arch: Arch, placement: Placement) -> None:
         super().__init__()
+        if arch.lora is not None:
+            raise ValueError("gpt2 does not support LoRA wrapping in the reference loader")
+        if arch.moe is not None:
+            raise ValueError("gpt2 has no mixture of experts; arch.moe is set")
         if arch.num_heads * arch.head_dim != arch.hidden_size:
             raise ValueError(
                 f"gpt2 needs num_heads * head_dim == hidden_size, got "

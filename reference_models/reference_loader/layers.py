@@ -283,3 +283,14 @@ class LayerNorm(_TPLayer):
 class PPMissingLayer(nn.Module):
     """Stands in for a module another pipeline rank owns, so global layer indices survive in
     parameter names (``model.layers.5.…`` stays 5 on the rank that holds layers 4..7)."""
+
+
+class ReplicatedLinear(_TPLayer):
+    """A linear layer every rank holds whole (MoE router ``mlp.gate``, ``shared_expert_gate``)."""
+
+    def __init__(self, input_size, output_size, bias, placement, dtype) -> None:
+        super().__init__(placement, dtype)
+        self.input_size = input_size
+        self.output_size = output_size
+        self.weight = self._param((output_size, input_size), loader=default_weight_loader)
+        self.bias = self._param((output_size,), loader=default_weight_loader) if bias else None

@@ -2,8 +2,11 @@
 
 Checkpoint names differ from runtime names only where vLLM fuses (q/k/v into ``qkv_proj``,
 gate/up into ``gate_up_proj``); everything else loads under its own name.  The routing decisions
-are small methods (``is_skipped``, ``is_on_other_rank``, ``stacked_target``) so a test can build a
-mutant loader by overriding exactly one of them with a realistic bug.
+are small methods (``is_skipped``, ``is_on_other_rank``, ``stacked_target``, ``lora_base_name``)
+so a test can build a mutant loader by overriding exactly one of them with a realistic bug.
+
+The pieces here (attention, MLP, the decoder stack with its pipeline placement) are reused by the
+MoE families in ``qwen3_moe.py``/``qwen2_moe.py``; ``make_layer`` is where they differ.
 """
 
 from __future__ import annotations
@@ -23,34 +26,53 @@ from reference_models.reference_loader.layers import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
+from reference_models.reference_loader.lora import wrap_lora
 from reference_models.reference_loader.tracking import LoadTracker
 
 ROTARY_BUFFERS = ("inv_freq", "cos_cached", "sin_cached")
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, arch: Arch, placement: Placement) -> None:
+    """``qkv_bias``/``o_bias`` default to ``arch.attention_bias``, ``head_dim`` to
+    ``arch.head_dim``."""
+
+    def __init__(
+        self,
+        arch: Arch,
+        placement: Placement,
+        *,
+        head_dim: int | None = None,
+        qkv_bias: bool | None = None,
+        o_bias: bool | None = None,
+    ) -> None:
         super().__init__()
         dtype = arch.torch_dtype
+        head_dim = arch.head_dim if head_dim is None else head_dim
+        qkv_bias = arch.attention_bias if qkv_bias is None else qkv_bias
+        o_bias = arch.attention_bias if o_bias is None else o_bias
         self.qkv_proj = QKVParallelLinear(
-            arch.hidden_size, arch.head_dim, arch.num_heads, arch.num_kv_heads,
-            arch.attention_bias, placement, dtype,
+            arch.hidden_size, head_dim, arch.num_heads, arch.num_kv_heads, qkv_bias,
+            placement, dtype,
         )
         self.o_proj = RowParallelLinear(
-            arch.q_size, arch.hidden_size, arch.attention_bias, placement, dtype
+            arch.num_heads * head_dim, arch.hidden_size, o_bias, placement, dtype
         )
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, arch: Arch, placement: Placement) -> None:
+    """Gated MLP; ``intermediate_size`` defaults to ``arch.intermediate_size`` (a shared expert
+    passes its own)."""
+
+    def __init__(
+        self, arch: Arch, placement: Placement, intermediate_size: int | None = None
+    ) -> None:
         super().__init__()
         dtype = arch.torch_dtype
+        size = arch.intermediate_size if intermediate_size is None else intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
-            arch.hidden_size, [arch.intermediate_size] * 2, False, placement, dtype
+            arch.hidden_size, [size] * 2, False, placement, dtype
         )
-        self.down_proj = RowParallelLinear(
-            arch.intermediate_size, arch.hidden_size, False, placement, dtype
-        )
+        self.down_proj = RowParallelLinear(size, arch.hidden_size, False, placement, dtype)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -69,9 +91,12 @@ class LlamaModel(nn.Module):
     has something to alias; the final norm lives on the last rank.
     """
 
-    def __init__(self, arch: Arch, placement: Placement) -> None:
+    def __init__(self, arch: Arch, placement: Placement, make_layer=None) -> None:
         super().__init__()
         dtype = arch.torch_dtype
+        if make_layer is None:
+            def make_layer(arch, placement, index):
+                return LlamaDecoderLayer(arch, placement)
         needs_embedding = placement.is_first_pp_rank or (
             arch.tie_word_embeddings and placement.is_last_pp_rank
         )
@@ -81,7 +106,7 @@ class LlamaModel(nn.Module):
             else PPMissingLayer()
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(arch, placement) if i in placement.layers else PPMissingLayer()
+            make_layer(arch, placement, i) if i in placement.layers else PPMissingLayer()
             for i in range(arch.num_layers)
         )
         self.norm = (
@@ -103,9 +128,10 @@ class LlamaForCausalLM(nn.Module):
 
     def __init__(self, arch: Arch, placement: Placement) -> None:
         super().__init__()
+        self.check_arch(arch)
         self.arch = arch
         self.placement = placement
-        self.model = LlamaModel(arch, placement)
+        self.model = LlamaModel(arch, placement, self.make_layer)
         if not placement.is_last_pp_rank:
             self.lm_head = PPMissingLayer()
         elif arch.tie_word_embeddings:
@@ -119,6 +145,18 @@ class LlamaForCausalLM(nn.Module):
         self._missing_prefixes = tuple(
             f"{name}." for name, module in self.named_modules() if isinstance(module, PPMissingLayer)
         )
+        # LoRA wrapping after building, as vLLM does; names of the wrapper modules.
+        self._lora_prefixes = wrap_lora(self, arch)
+
+    # -- building ------------------------------------------------------------------------------
+
+    def check_arch(self, arch: Arch) -> None:
+        if arch.moe is not None:
+            raise ValueError(f"family {arch.family!r} has no mixture of experts; arch.moe is set")
+
+    def make_layer(self, arch: Arch, placement: Placement, index: int) -> nn.Module:
+        """The decoder layer of global index ``index`` (only called for this rank's layers)."""
+        return LlamaDecoderLayer(arch, placement)
 
     # -- routing hooks: override one to build a mutant ------------------------------------------
 
@@ -142,6 +180,14 @@ class LlamaForCausalLM(nn.Module):
                 return ".".join(parts), shard_id
         return name, None
 
+    def lora_base_name(self, name: str) -> str:
+        """``a.qkv_proj.weight`` -> ``a.qkv_proj.base_layer.weight`` when ``a.qkv_proj`` is
+        LoRA-wrapped (checkpoints never name ``base_layer``); otherwise ``name`` itself."""
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in self._lora_prefixes:
+            return f"{prefix}.base_layer.{leaf}"
+        return name
+
     # -------------------------------------------------------------------------------------------
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -150,11 +196,16 @@ class LlamaForCausalLM(nn.Module):
         for name, loaded_weight in weights:
             if self.is_skipped(name) or self.is_on_other_rank(name):
                 continue
-            target, shard_id = self.stacked_target(name)
-            param = tracker.param(target)
-            if shard_id is None:
-                param.weight_loader(param, loaded_weight)
-            else:
-                param.weight_loader(param, loaded_weight, shard_id)
-            tracker.record(target, shard_id)
+            self.load_dense(tracker, name, loaded_weight)
         return tracker.loaded()
+
+    def load_dense(self, tracker: LoadTracker, name: str, loaded_weight: torch.Tensor) -> None:
+        """One tensor that is not an expert's: stacked (q/k/v, gate/up) or loaded whole."""
+        target, shard_id = self.stacked_target(name)
+        target = self.lora_base_name(target)
+        param = tracker.param(target, name)
+        if shard_id is None:
+            param.weight_loader(param, loaded_weight)
+        else:
+            param.weight_loader(param, loaded_weight, shard_id)
+        tracker.record(target, shard_id)

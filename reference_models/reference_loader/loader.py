@@ -12,8 +12,15 @@ from conformance.protocol import Capabilities
 from reference_models.arch import Arch, Placement
 from reference_models.reference_loader.gpt2 import GPT2LMHeadModel
 from reference_models.reference_loader.llama import LlamaForCausalLM
+from reference_models.reference_loader.qwen2_moe import Qwen2MoeForCausalLM
+from reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
 
-MODELS = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel}
+MODELS = {
+    "llama": LlamaForCausalLM,
+    "gpt2": GPT2LMHeadModel,
+    "qwen3_moe": Qwen3MoeForCausalLM,
+    "qwen2_moe": Qwen2MoeForCausalLM,
+}
 
 
 class ReferenceLoader:
@@ -32,6 +39,10 @@ class ReferenceLoader:
 
     def load(self, model: torch.nn.Module, checkpoint) -> set[str]:
         return model.load_weights(checkpoint.weights())
+
+    def state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The base weights of this rank: LoRA A/B are buffers, so never listed here."""
+        return dict(model.named_parameters())
 
 
 loader = ReferenceLoader()

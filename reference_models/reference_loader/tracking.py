@@ -25,11 +25,15 @@ class LoadTracker:
         self._canonical = {id(p): name for name, p in model.named_parameters()}
         self._loaded: dict[str, set[Hashable]] = {}
 
-    def param(self, name: str) -> nn.Parameter:
+    def param(self, name: str, source: str | None = None) -> nn.Parameter:
+        """The parameter (or alias) ``name``; ``source`` is the checkpoint name it came from."""
         try:
             return self._params[name]
         except KeyError:
-            raise ValueError(f"checkpoint tensor {name!r} matches no parameter of this model") from None
+            what = repr(name) if source in (None, name) else f"{source!r} (as {name!r})"
+            raise ValueError(
+                f"checkpoint tensor {what} matches no parameter of this model"
+            ) from None
 
     def record(self, name: str, shard_id: Hashable | None = None) -> None:
         """Note a load into ``name``; ``shard_id=None`` means the whole parameter at once."""
