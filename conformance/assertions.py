@@ -20,20 +20,26 @@ class PropertyFailure(AssertionError):
     """A conformance property does not hold; the message says where and how to replay."""
 
 
-def _fmt_slice(s: slice, full: int) -> str:
+def _fmt_slice(s: slice | int, full: int) -> str:
+    if isinstance(s, int):
+        return str(s)
     if s.start in (0, None) and s.stop in (full, None):
         return ":"
     return f"{s.start}:{s.stop}"
 
 
-def describe_region(dst: tuple[slice, ...], shape: tuple[int, ...]) -> str:
-    words = ("rows", "columns")
+def describe_region(dst: tuple, shape: tuple[int, ...]) -> str:
+    """``rows 4:6``, ``rows 0:2, columns 2:4``, ``local expert 1, rows 0:3``, or ``all``."""
+    prefix = []
+    if dst and isinstance(dst[0], int):  # a stacked expert tensor: the local expert index
+        prefix, dst, shape = [f"local expert {dst[0]}"], dst[1:], shape[1:]
+    words = ("rows", "columns") if len(shape) > 1 else ("elements",)
     parts = [
-        f"{words[d] if len(shape) > 1 and d < 2 else 'elements'} {_fmt_slice(s, shape[d])}"
+        f"{words[d]} {_fmt_slice(s, shape[d])}"
         for d, s in enumerate(dst)
-        if _fmt_slice(s, shape[d]) != ":"
+        if d < len(words) and _fmt_slice(s, shape[d]) != ":"
     ]
-    return ", ".join(parts) if parts else "all"
+    return ", ".join(prefix + parts) or "all"
 
 
 def describe_source(piece: Piece, shapes: Mapping[str, tuple[int, ...]]) -> str:
@@ -41,13 +47,15 @@ def describe_source(piece: Piece, shapes: Mapping[str, tuple[int, ...]]) -> str:
     src = piece.source
     if src is None:
         return "zeros"
-    index = list(piece.src)
+    index: list = list(piece.src)
     if src.rows is not None and index:
         s = index[0]
         index[0] = slice(s.start + src.rows[0], s.stop + src.rows[0])
     if src.transpose:
         index = index[::-1]
-    shape = shapes[src.name]
+    shape = list(shapes[src.name])
+    if src.select is not None:
+        index = [src.select] + index
     text = ", ".join(_fmt_slice(s, shape[d]) for d, s in enumerate(index))
     text = f"{src.name}[{text}]" if text.strip(":, ") else src.name
     return text + (" transposed" if src.transpose else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +11,8 @@ from conformance import properties
 from conformance.assertions import PropertyFailure
 from conformance.protocol import Capabilities, LoaderAdapter
 from strategies import cases, relayouts
+from strategies.archs import loras
+from strategies.checkpoints import value_seeds
 
 
 def adapter(loader) -> LoaderAdapter:
@@ -16,8 +20,16 @@ def adapter(loader) -> LoaderAdapter:
     return LoaderAdapter(spec=getattr(loader, "name", "test loader"), target=loader, capabilities=caps)
 
 
+MAX_RANKS = 8
+
+
 def _check(name: str, loader: LoaderAdapter, case, data) -> None:
-    if name == "missing_tensor":
+    if name == "lora_equivalence" and case.arch.lora is None:
+        lora = data.draw(loras(moe=case.arch.moe is not None), label="lora")
+        case = replace(case, arch=replace(case.arch, lora=lora))
+    if name == "reload":
+        properties.reload(loader, case, data.draw(value_seeds(), label="second seed"))
+    elif name == "missing_tensor":
         dropped = data.draw(st.sampled_from(properties.needed_tensors(case)), label="dropped")
         properties.missing_tensor(loader, case, dropped)
     elif name == "invariance":
@@ -40,7 +52,8 @@ def search(loader, prop: str, family: str, max_examples: int = 100) -> PropertyF
     )
     @given(data=st.data())
     def run(data):
-        case = data.draw(cases(family, wrapped.capabilities), label="case")
+        max_ranks = MAX_RANKS if prop == "all_ranks" else None
+        case = data.draw(cases(family, wrapped.capabilities, max_ranks), label="case")
         _check(prop, wrapped, case, data)
 
     try:
