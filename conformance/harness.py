@@ -1,45 +1,62 @@
-"""What the conformance tests get from the ``weightcheck`` fixture: the loader, case drawing
-within its capabilities, and counts of what the drawn examples exercised."""
+"""What the conformance tests get from the ``weightcheck`` fixture: the loader, drawing and
+running examples within its capabilities, counts of what was exercised, and the last example
+(written to a case file when the test fails)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
-
-from hypothesis import event
+from hypothesis import currently_in_test_context, event
 from hypothesis import strategies as st
 
 from fixtures.case import Case
-from strategies import cases, relayouts
-from strategies.archs import loras
 
+from .properties import NotSupported
 from .protocol import LoaderAdapter
-
-
-LORA_FAMILIES = ("llama", "qwen3_moe", "qwen2_moe")
+from .runner import LORA_FAMILIES, Example, draw_example, run_example
 
 
 @dataclass
 class Harness:
     loader: LoaderAdapter
     counts: dict[str, Counter] = field(default_factory=dict)
+    last_example: dict[str, Example] = field(default_factory=dict)
     current: str = ""
 
-    def draw_case(self, data: st.DataObject, family: str, max_ranks: int | None = None) -> Case:
-        case = data.draw(cases(family, self.loader.capabilities, max_ranks), label="case")
-        self.record(case)
-        return case
+    def check(self, prop: str, data: st.DataObject, family: str) -> None:
+        """Draw one example of ``prop`` for ``family`` and run it against the loader."""
+        if prop == "lora_equivalence":
+            self.require(family, "lora")
+        example = draw_example(data, prop, family, self.loader.capabilities)
+        self.record(example.case)
+        self.last_example[self.current] = example
+        try:
+            note = run_example(self.loader, example)
+        except NotSupported as reason:
+            pytest.skip(f"not supported by the loader: {reason}")
+        if note:
+            event(f"{prop}: {note}")
 
-    def draw_lora_case(self, data: st.DataObject, family: str) -> Case:
-        """A case with LoRA wrapping, whatever the first draw chose."""
-        case = data.draw(cases(family, self.loader.capabilities), label="case")
-        if case.arch.lora is None:
-            lora = data.draw(loras(moe=case.arch.moe is not None), label="lora")
-            case = replace(case, arch=replace(case.arch, lora=lora))
-        self.record(case)
-        return case
+    def replay(self, path, prop: str) -> None:
+        """Run one property on the case of a case file (its own draws if it is that property's)."""
+        from .casefiles import read_case_file
+        from .runner import not_applicable, unsupported
+
+        example, _ = read_case_file(path)
+        missing = unsupported(example.case, self.loader.capabilities)
+        if missing:
+            pytest.skip(f"not supported by the loader: {', '.join(missing)}")
+        reason = not_applicable(prop, example.case)
+        if reason:
+            pytest.skip(f"not applicable: {reason}")
+        extras = example.extras if example.property == prop else {}
+        self.record(example.case)
+        try:
+            run_example(self.loader, Example(prop, example.case, extras))
+        except NotSupported as why:
+            pytest.skip(f"not supported by the loader: {why}")
 
     def require(self, family: str, feature: str) -> None:
         """Skip (as not supported) a test of ``feature`` the loader or family does not have."""
@@ -48,17 +65,17 @@ class Harness:
         if feature == "lora" and family not in LORA_FAMILIES:
             pytest.skip(f"not applicable: {family} has no LoRA wrapping")
 
-    def draw_relayout(self, data: st.DataObject, case: Case):
-        sharded = self.loader.capabilities.supports("sharded_checkpoint")
-        return data.draw(relayouts(case.recipe, sharded=sharded), label="second layout")
-
     def record(self, case: Case) -> None:
+        """Count the example's features (and tell Hypothesis's statistics, inside a test)."""
         counter = self.counts.setdefault(self.current, Counter())
         counter["examples"] += 1
+        in_hypothesis = currently_in_test_context()
         for key, value in case.features().items():
             if isinstance(value, bool):
-                event(f"{key}: {'yes' if value else 'no'}")
                 counter[key] += value
+                text = "yes" if value else "no"
             else:
-                event(f"{key}: {value}")
                 counter[f"{key}={value}"] += 1
+                text = value
+            if in_hypothesis:
+                event(f"{key}: {text}")

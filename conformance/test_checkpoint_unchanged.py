@@ -4,14 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import properties
 from conformance.protocol import FAMILIES
 
+PROPERTY = "checkpoint_unchanged"
 pytestmark = pytest.mark.conformance
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_checkpoint_is_not_modified(weightcheck, family, data):
-    case = weightcheck.draw_case(data, family)
-    properties.checkpoint_unchanged(weightcheck.loader, case)
+    weightcheck.check(PROPERTY, data, family)

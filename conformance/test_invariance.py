@@ -4,15 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import properties
 from conformance.protocol import FAMILIES
 
+PROPERTY = "invariance"
 pytestmark = pytest.mark.conformance
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_layout_does_not_change_state(weightcheck, family, data):
-    case = weightcheck.draw_case(data, family)
-    other = weightcheck.draw_relayout(data, case)
-    properties.invariance(weightcheck.loader, case, other)
+    weightcheck.check(PROPERTY, data, family)

@@ -5,15 +5,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import properties
 from conformance.protocol import FAMILIES
 
+PROPERTY = "lora_equivalence"
 pytestmark = pytest.mark.conformance
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_wrapped_model_loads_the_same_base_weights(weightcheck, family, data):
-    weightcheck.require(family, "lora")
-    case = weightcheck.draw_lora_case(data, family)
-    properties.lora_equivalence(weightcheck.loader, case)
+    weightcheck.check(PROPERTY, data, family)

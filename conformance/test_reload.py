@@ -1,23 +1,19 @@
 """Reload: a second checkpoint loaded into an already built model replaces every weight.
 
 This is the weight sync of RL training and the reload after LoRA wrapping; state that a loader
-keeps between loads (shard records, pending tensors) must not leak into the second one.
-"""
+keeps between loads (shard records, pending tensors) must not leak into the second one."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import properties
 from conformance.protocol import FAMILIES
-from strategies.checkpoints import value_seeds
 
+PROPERTY = "reload"
 pytestmark = pytest.mark.conformance
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_second_load_replaces_the_first(weightcheck, family, data):
-    case = weightcheck.draw_case(data, family)
-    second_seed = data.draw(value_seeds().filter(lambda s: s != case.recipe.value_seed), label="second value seed")
-    properties.reload(weightcheck.loader, case, second_seed)
+    weightcheck.check(PROPERTY, data, family)

@@ -4,14 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import properties
 from conformance.protocol import FAMILIES
 
+PROPERTY = "roundtrip"
 pytestmark = pytest.mark.conformance
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_state_matches_checkpoint(weightcheck, family, data):
-    case = weightcheck.draw_case(data, family)
-    properties.roundtrip(weightcheck.loader, case)
+    weightcheck.check(PROPERTY, data, family)

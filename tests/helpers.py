@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.errors import UnsatisfiedAssumption
 
 from conformance import properties
 from conformance.assertions import PropertyFailure
@@ -21,30 +24,89 @@ def adapter(loader) -> LoaderAdapter:
 
 
 MAX_RANKS = 8
+LORA_FAMILIES = ("llama", "qwen3_moe", "qwen2_moe")
 
 
 def _check(name: str, loader: LoaderAdapter, case, data) -> None:
+    """Draw what the property needs beyond the case, as ``conformance/test_*.py`` do, and run it."""
     if name == "lora_equivalence" and case.arch.lora is None:
         lora = data.draw(loras(moe=case.arch.moe is not None), label="lora")
         case = replace(case, arch=replace(case.arch, lora=lora))
     if name == "reload":
-        properties.reload(loader, case, data.draw(value_seeds(), label="second seed"))
+        seeds = value_seeds().filter(lambda s: s != case.recipe.value_seed)
+        properties.reload(loader, case, data.draw(seeds, label="second value seed"))
     elif name == "missing_tensor":
         dropped = data.draw(st.sampled_from(properties.needed_tensors(case)), label="dropped")
         properties.missing_tensor(loader, case, dropped)
     elif name == "invariance":
-        properties.invariance(loader, case, data.draw(relayouts(case.recipe), label="other"))
+        sharded = loader.capabilities.supports("sharded_checkpoint")
+        properties.invariance(loader, case, data.draw(relayouts(case.recipe, sharded=sharded), label="other"))
     else:
         getattr(properties, name)(loader, case)
 
 
-def search(loader, prop: str, family: str, max_examples: int = 100) -> PropertyFailure | None:
-    """The first failure of ``prop`` in ``max_examples`` derandomized examples, or None."""
-    wrapped = adapter(loader)
+def not_applicable(loader: LoaderAdapter, prop: str, family: str) -> str | None:
+    """Why the conformance suite skips ``prop`` x ``family`` for this loader (None: it runs it)."""
+    if family not in loader.capabilities.families:
+        return f"not supported by the loader: family {family}"
+    if prop == "lora_equivalence":
+        if not loader.capabilities.supports("lora"):
+            return "not supported by the loader: lora"
+        if family not in LORA_FAMILIES:
+            return f"not applicable: {family} has no LoRA wrapping"
+    return None
+
+
+@dataclass
+class SearchResult:
+    """One property x family searched under Hypothesis, stopped at the first failure.
+
+    ``examples`` counts the examples that ran the property, up to and including the first
+    failing one (all of them when nothing failed; draws Hypothesis abandons are not counted); ``seconds`` is the wall time to that point.  ``first_error`` is
+    the exception the first failing example raised; ``raised`` is what the Hypothesis run
+    raised in the end (the same failure replayed, or e.g. a flaky-failure error).  ``skipped``
+    says why the property was not judged (not applicable, or ``NotSupported``).
+    """
+
+    prop: str
+    family: str
+    examples: int = 0
+    seconds: float = 0.0
+    first_error: BaseException | None = None
+    raised: BaseException | None = None
+    skipped: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.skipped is None and (self.raised is not None or self.first_error is not None)
+
+    @property
+    def failure(self) -> BaseException | None:
+        return (self.first_error or self.raised) if self.failed else None
+
+
+def run_search(
+    loader,
+    prop: str,
+    family: str,
+    max_examples: int = 100,
+    *,
+    seed: int | None = None,
+) -> SearchResult:
+    """Search ``prop`` on ``family`` for up to ``max_examples`` examples, stopping at the first
+    failure (no shrinking).  Derandomized unless ``seed`` is given (then seeded, as the ``dev``
+    and ``nightly`` profiles run without ``derandomize``)."""
+    wrapped = loader if isinstance(loader, LoaderAdapter) else adapter(loader)
+    result = SearchResult(prop, family)
+    reason = not_applicable(wrapped, prop, family)
+    if reason:
+        result.skipped = reason
+        return result
+    start = time.perf_counter()
 
     @settings(
         max_examples=max_examples,
-        derandomize=True,
+        derandomize=seed is None,
         database=None,
         deadline=None,
         phases=[Phase.explicit, Phase.generate],
@@ -52,12 +114,43 @@ def search(loader, prop: str, family: str, max_examples: int = 100) -> PropertyF
     )
     @given(data=st.data())
     def run(data):
+        # Counts the examples that ran the property (drawn in full), up to the first failure.
         max_ranks = MAX_RANKS if prop == "all_ranks" else None
-        case = data.draw(cases(family, wrapped.capabilities, max_ranks), label="case")
-        _check(prop, wrapped, case, data)
+        try:
+            case = data.draw(cases(family, wrapped.capabilities, max_ranks), label="case")
+            _check(prop, wrapped, case, data)
+        except UnsatisfiedAssumption:
+            raise  # Hypothesis control flow (a filtered draw gave up): not an example
+        except Exception as exc:
+            if result.first_error is None:
+                result.examples += 1
+                result.first_error = exc
+                result.seconds = time.perf_counter() - start
+            raise
+        if result.first_error is None:
+            result.examples += 1
 
+    if seed is not None:
+        run = hypothesis_seed(seed)(run)
     try:
         run()
-    except PropertyFailure as failure:
-        return failure
-    return None
+    except properties.NotSupported as reason:
+        result.skipped = f"not supported by the loader: {reason}"
+    except Exception as exc:
+        result.raised = exc
+    if result.first_error is None:
+        result.seconds = time.perf_counter() - start
+    elif isinstance(result.first_error, properties.NotSupported):
+        result.skipped = f"not supported by the loader: {result.first_error}"
+    return result
+
+
+def search(
+    loader, prop: str, family: str, max_examples: int = 100, seed: int | None = None
+) -> PropertyFailure | None:
+    """The first failure of ``prop`` in ``max_examples`` derandomized (or seeded) examples, or
+    None; an error other than a property failure propagates."""
+    result = run_search(loader, prop, family, max_examples, seed=seed)
+    if result.raised is None or isinstance(result.raised, PropertyFailure):
+        return result.raised
+    raise result.raised

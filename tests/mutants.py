@@ -445,6 +445,22 @@ class LoadsEachParameterOnce(ReferenceLoader):
         return loaded
 
 
+class ModuleExemptedWholesale(ReferenceLoader):
+    """Seed #41086: ``track_weights_loading`` adds every parameter of an exempted module to the
+    loaded set; here every module that loaded anything is exempted, so its missing bias is not
+    noticed (the seed's exemption applied to quantized modules; the mechanism is the same)."""
+
+    name = "mutant module exempted wholesale"
+
+    def load(self, model, checkpoint):
+        loaded = super().load(model, checkpoint)
+        for prefix, module in model.named_modules():
+            own = {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+            if own & loaded:
+                loaded |= own
+        return loaded
+
+
 MOE = ("qwen3_moe",)
 MUTANTS += [
     Mutant(
@@ -541,6 +557,17 @@ MUTANTS += [
 
 MUTANTS.append(
     Mutant(
+        "module_exempted_wholesale",
+        "every parameter of a module that loaded anything counts as loaded (a missing bias hides)",
+        "vLLM PR #41086 (track_weights_loading over-broad quantized-module exemption)",
+        "missing_tensor",
+        ("llama",),
+        ModuleExemptedWholesale(),
+        "reported as loaded but should not be",
+    )
+)
+MUTANTS.append(
+    Mutant(
         "loads_each_parameter_once",
         "a second load skips parameters already initialised (weight sync does nothing)",
         "transformers _is_hf_initialized / RL weight-sync reloads",
@@ -552,3 +579,6 @@ MUTANTS.append(
 )
 
 BY_NAME = {m.name: m for m in MUTANTS}
+
+# Mutant loaders by name, for --loader=tests.mutants:NAME_loader (the mutation matrix, tests).
+conv1d_loader = BY_NAME["conv1d_not_transposed"].loader

@@ -1,0 +1,91 @@
+"""Write the bundled regression corpus: one case per seed bug, in fixtures/regressions/.
+
+Each case is built by hand to hold exactly the conditions its bug needs, so it fails on the
+matching mutant in tests/mutants.py on every run (tests/test_regressions.py checks that).
+
+    python ci/make_seed_regressions.py
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from conformance.casefiles import SCHEMA
+from conformance.runner import Example
+from fixtures.case import Case, CheckpointRecipe
+from reference_models.arch import Arch, LoRA, MoE, Placement
+from reference_models.families import family_spec
+
+OUT = Path(__file__).resolve().parents[1] / "fixtures" / "regressions"
+
+
+def recipe(arch: Arch, files: int, seed: int, fmt: str = "default", optional: bool = True) -> CheckpointRecipe:
+    """All tensors (optional buffers and aliases too, when asked) shuffled over ``files`` files."""
+    specs = family_spec(arch.family).checkpoint(arch, fmt)
+    names = [n for n, s in specs.items() if s.role == "weight" or optional]
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    return CheckpointRecipe(seed, tuple(tuple(names[k::files]) for k in range(files)), fmt)
+
+
+def cases() -> dict[str, tuple[Example, str]]:
+    gpt2 = Arch("gpt2", 8, 2, 2, 2, 4, 12, 70, max_position_embeddings=6, tie_word_embeddings=True, attention_bias=True)
+    llama = Arch("llama", 8, 2, 4, 2, 2, 8, 90, attention_bias=True, dtype="bfloat16")
+    moe = Arch(
+        "qwen3_moe", 8, 2, 4, 2, 2, 8, 100,
+        moe=MoE(num_experts=5, top_k=2, moe_intermediate_size=4, dense_layers=(0,)),
+        lora=LoRA(("experts", "qkv"), rank=2),
+    )
+    moe_plain = Arch("qwen3_moe", 8, 3, 4, 2, 2, 8, 100, tie_word_embeddings=True, moe=MoE(4, 2, 4))
+    return {
+        "seed-38074-jais-conv1d-tied-masks": (
+            Example("roundtrip", Case(gpt2, Placement((2,), tp_size=2, tp_rank=1), recipe(gpt2, 2, 38074))),
+            "vLLM PR #38074 (JAIS): Conv1D transpose, tied lm_head skip, attn.masked_bias skip",
+        ),
+        "seed-41086-missing-bias-untracked": (
+            Example(
+                "missing_tensor",
+                Case(llama, Placement((2,), tp_size=2, tp_rank=0), recipe(llama, 3, 41086)),
+                {"dropped": "model.layers.1.self_attn.o_proj.bias"},
+            ),
+            "vLLM PR #41086: a missing bias must not go unnoticed (the FP8 part of the seed "
+            "needs the quantized families)",
+        ),
+        "seed-37114-lora-experts-base-layer": (
+            Example(
+                "lora_equivalence",
+                Case(moe, Placement((2,), ep_size=2, ep_rank=1), recipe(moe, 2, 37114, "per_expert")),
+            ),
+            "vLLM PR #37114: LoRA-wrapped experts are mlp.experts.base_layer.w13_weight",
+        ),
+        "seed-42716-moe-keyword-ids": (
+            Example(
+                "roundtrip",
+                Case(moe, Placement((2,), tp_size=2, tp_rank=1), recipe(moe, 1, 42716, "fused_experts")),
+            ),
+            "vLLM PR #42716: shard_id/expert_id must reach the MoE weight loader as keywords",
+        ),
+        "seed-42944-pp-skips-other-ranks-layers": (
+            Example(
+                "all_ranks",
+                Case(moe_plain, Placement((2, 1), pp_size=2, pp_rank=1), recipe(moe_plain, 2, 42944, "per_expert")),
+            ),
+            "vLLM PR #42944 (the PP half): every rank must skip the layers it does not hold "
+            "before indexing its parameters; the FP8 indexer half needs the quantized families",
+        ),
+    }
+
+
+def main() -> None:
+    import json
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, (example, origin) in cases().items():
+        body = {"schema": SCHEMA, **example.to_dict(), "origin": origin}
+        (OUT / f"{name}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {OUT / name}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Case files: a failing example written down, replayed, and exported as a plain checkpoint.
+
+A case file is JSON with a versioned ``schema``; it holds the example (arch, placement,
+checkpoint recipe and value seed, the property and what it drew: dropped tensor, second layout,
+second seed) and, for a failure, the test and the first line of the message.  The same format
+is the regression corpus (``fixtures/regressions/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .runner import Example
+
+SCHEMA = "weightcheck.case/1"
+
+
+def write_case_file(out_dir: Path, example: Example, **meta: Any) -> Path:
+    body = {"schema": SCHEMA, **example.to_dict(), **meta}
+    text = json.dumps(body, indent=2, sort_keys=True)
+    digest = hashlib.sha1(json.dumps(example.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(out_dir) / "cases" / f"{example.property}-{example.case.arch.family}-{digest}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return path
+
+
+class CaseFileError(ValueError):
+    pass
+
+
+def read_case_file(path: str | Path) -> tuple[Example, dict[str, Any]]:
+    path = Path(path)
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CaseFileError(f"cannot read case file {path}: {exc}") from None
+    if body.get("schema") != SCHEMA:
+        raise CaseFileError(f"{path}: schema {body.get('schema')!r}, expected {SCHEMA!r}")
+    try:
+        return Example.from_dict(body), body
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CaseFileError(f"{path}: not a valid case: {exc}") from None
+
+
+REPRODUCE = '''\
+"""Reproduce weightcheck case {name} without Hypothesis.
+
+    python reproduce.py --loader mypkg.loader
+
+Builds the model for the placement below with your loader, loads ./checkpoint, and compares
+state(model) with expected_state.safetensors (what this rank must hold, from the oracle).
+Case: {short}
+Property that failed: {prop}{detail}
+"""
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from conformance import Arch, Checkpoint, Placement
+
+HERE = Path(__file__).resolve().parent
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--loader", required=True, help="MODULE[:ATTR] of your loader")
+    args = parser.parse_args()
+    module, _, attr = args.loader.partition(":")
+    mod = importlib.import_module(module)
+    loader = getattr(mod, attr) if attr else getattr(mod, "loader", mod)
+    case = json.loads((HERE / "case.json").read_text())["case"]
+    arch, placement = Arch.from_dict(case["arch"]), Placement.from_dict(case["placement"])
+    model = loader.build(arch, placement)
+    loaded = loader.load(model, Checkpoint.open(HERE / "checkpoint"))
+    state = loader.state(model) if hasattr(loader, "state") else dict(model.named_parameters())
+    expected = load_file(str(HERE / "expected_state.safetensors"))
+    bad = 0
+    for name, want in expected.items():
+        got = state.get(name)
+        if got is None:
+            print(f"MISSING  {{name}}")
+        elif got.shape != want.shape or got.dtype != want.dtype:
+            print(f"SHAPE    {{name}}: {{tuple(got.shape)}} {{got.dtype}}, expected {{tuple(want.shape)}} {{want.dtype}}")
+        elif not torch.equal(got.detach().cpu(), want):
+            print(f"VALUES   {{name}}: {{int((got.detach().cpu() != want).sum())}} elements differ")
+        else:
+            continue
+        bad += 1
+    for name in sorted(set(state) - set(expected)):
+        print(f"EXTRA    {{name}}")
+        bad += 1
+    print(f"loaded set: {{'none (no tracking)' if loaded is None else sorted(set(expected) ^ set(loaded)) or 'exact'}}")
+    print("OK" if not bad else f"{{bad}} problem(s)")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def export_case(case_file: str | Path, out_dir: str | Path) -> Path:
+    """Write the case as ``checkpoint/`` (HF layout), its expected state and ``reproduce.py``.
+
+    For a missing-tensor case the checkpoint lacks the dropped tensor, as the loader saw it.
+    """
+    from safetensors.torch import save_file
+
+    from fixtures.materialize import case_tensors, write_case
+    from reference_models.oracle import expected_state
+
+    example, body = read_case_file(case_file)
+    case, out = example.case, Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = case.recipe
+    dropped = example.extras.get("dropped")
+    if example.property == "missing_tensor" and dropped:
+        recipe = recipe.without(dropped)
+    tensors = case_tensors(case)
+    write_case(case, out / "checkpoint", recipe, tensors)
+    expected = expected_state(case.arch, case.placement, tensors, recipe.format)
+    save_file({n: p.value.contiguous() for n, p in expected.params.items()}, str(out / "expected_state.safetensors"))
+    (out / "case.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    detail = f"\nDropped tensor: {dropped}" if dropped else ""
+    (out / "reproduce.py").write_text(
+        REPRODUCE.format(name=Path(case_file).stem, short=case.short(), prop=example.property, detail=detail)
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance.casefiles",
+        description="Export a weightcheck case file as a plain checkpoint directory with a script.",
+    )
+    parser.add_argument("case_file")
+    parser.add_argument("out_dir")
+    args = parser.parse_args(argv)
+    try:
+        out = export_case(args.case_file, args.out_dir)
+    except CaseFileError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"wrote {out}/checkpoint, expected_state.safetensors, case.json, reproduce.py")
+    print(f"run: python {out}/reproduce.py --loader=MODULE[:ATTR]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
