@@ -5,22 +5,12 @@
 
 import pytest
 
+from conformance.protocol import FAMILIES
+from conformance.runner import PROPERTIES
 from reference_models.reference_loader import loader as reference
 
 from .helpers import search
 from .mutants import MUTANTS
-
-PROPERTIES = (
-    "roundtrip",
-    "tracking",
-    "missing_tensor",
-    "invariance",
-    "checkpoint_unchanged",
-    "reload",
-    "lora_equivalence",
-    "all_ranks",
-)
-FAMILIES = ("llama", "gpt2", "qwen3_moe", "qwen2_moe")
 
 
 @pytest.mark.parametrize(
