@@ -19,13 +19,19 @@ MAX_LAYERS = 4
 MAX_EXPERTS = 16
 
 
+# Strategies that never change are built once: Hypothesis caches and validates them per object.
+_DTYPES = st.sampled_from(DTYPE_NAMES)
+_VOCAB_SIZES = st.one_of(st.integers(1, 200), st.sampled_from((64, 128)))
+HEAD_DIMS = st.sampled_from((2, 4, 8))
+
+
 def dtypes() -> st.SearchStrategy[str]:
-    return st.sampled_from(DTYPE_NAMES)
+    return _DTYPES
 
 
 def vocab_sizes() -> st.SearchStrategy[int]:
     """Mostly not multiples of 64, so vocab padding is exercised; sometimes exact multiples."""
-    return st.one_of(st.integers(1, 200), st.sampled_from([64, 128]))
+    return _VOCAB_SIZES
 
 
 def layer_counts(min_layers: int = 1) -> st.SearchStrategy[int]:
@@ -77,7 +83,7 @@ def attention_shapes(draw, tp_size: int) -> dict:
         "num_heads": num_heads,
         "num_kv_heads": num_kv_heads,
         "hidden_size": num_heads * draw(st.integers(1, 4)),
-        "head_dim": draw(st.sampled_from([2, 4, 8])),
+        "head_dim": draw(HEAD_DIMS),
     }
 
 
@@ -141,7 +147,7 @@ def gpt2_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities |
     """GPT-2 always has biases and nKV == nH; no LoRA."""
     caps = caps or Capabilities()
     num_heads = tp_size * draw(st.integers(1, 3))
-    head_dim = draw(st.sampled_from([2, 4, 8]))
+    head_dim = draw(HEAD_DIMS)
     return Arch(
         family="gpt2",
         hidden_size=num_heads * head_dim,
