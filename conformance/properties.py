@@ -17,7 +17,7 @@ import torch
 
 from fixtures.case import Case, CheckpointRecipe
 from fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
-from reference_models.families import family_spec
+from reference_models.families import checkpoint_specs
 from reference_models.oracle import Expected, expected_state, source_view
 from reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
@@ -270,7 +270,7 @@ def all_ranks(loader: LoaderAdapter, case: Case) -> None:
     """Every rank of the placement (pp x tp x ep) loads without error, holds exactly its slice
     and tracks exactly its own parameters; together they cover every checkpoint weight."""
     title = "all ranks: loading the whole placement rank by rank"
-    specs = family_spec(case.arch.family).checkpoint(case.arch, case.recipe.format)
+    specs = checkpoint_specs(case.arch, case.recipe.format)
     tensors = case_tensors(case)
     covered = {
         n: torch.zeros(specs[n].shape, dtype=torch.bool)

@@ -9,6 +9,8 @@ strategy here and registers it in ``ARCH_STRATEGIES``.
 
 from __future__ import annotations
 
+import functools
+
 from hypothesis import strategies as st
 
 from conformance.protocol import Capabilities
@@ -34,10 +36,12 @@ def vocab_sizes() -> st.SearchStrategy[int]:
     return _VOCAB_SIZES
 
 
+@functools.lru_cache(maxsize=None)
 def layer_counts(min_layers: int = 1) -> st.SearchStrategy[int]:
     return st.integers(max(1, min_layers), MAX_LAYERS)
 
 
+@functools.lru_cache(maxsize=None)
 def kv_head_counts(tp_size: int) -> st.SearchStrategy[int]:
     return st.sampled_from([n for n in (1, 2, 3, 4) if n % tp_size == 0 or tp_size % n == 0])
 
@@ -46,15 +50,17 @@ def flag(caps: Capabilities, feature: str) -> st.SearchStrategy[bool]:
     return st.booleans() if caps.supports(feature) else st.just(False)
 
 
+@functools.lru_cache(maxsize=None)
 def loras(moe: bool) -> st.SearchStrategy[LoRA]:
     targets = [t for t in LORA_TARGETS if moe or t != "experts"]
     return st.builds(
         LoRA,
-        targets=st.lists(st.sampled_from(targets), min_size=1, unique=True).map(tuple),
+        targets=st.lists(st.sampled_from(tuple(targets)), min_size=1, unique=True).map(tuple),
         rank=st.integers(1, 4),
     )
 
 
+@functools.lru_cache(maxsize=None)
 def maybe_lora(caps: Capabilities, moe: bool) -> st.SearchStrategy[LoRA | None]:
     return st.none() | loras(moe) if caps.supports("lora") else st.none()
 
@@ -164,9 +170,14 @@ def gpt2_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities |
     )
 
 
+# Built once per (tp_size, min_layers, caps): strategy objects are validated on first use, and
+# building them anew for every example was a third of the drawing time.
 ARCH_STRATEGIES = {
-    "llama": llama_archs,
-    "gpt2": gpt2_archs,
-    "qwen3_moe": qwen3_moe_archs,
-    "qwen2_moe": qwen2_moe_archs,
+    name: functools.lru_cache(maxsize=None)(factory)
+    for name, factory in {
+        "llama": llama_archs,
+        "gpt2": gpt2_archs,
+        "qwen3_moe": qwen3_moe_archs,
+        "qwen2_moe": qwen2_moe_archs,
+    }.items()
 }

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fixtures.case import CheckpointRecipe
 from reference_models.arch import Arch
-from reference_models.families import family_spec
+from reference_models.families import checkpoint_specs, family_spec
 
 
 def value_seeds() -> st.SearchStrategy[int]:
@@ -18,7 +18,7 @@ def value_seeds() -> st.SearchStrategy[int]:
 @st.composite
 def checkpoint_names(draw, arch: Arch, fmt: str = "default") -> list[str]:
     """Required weights, plus (drawn) the skippable buffers and a redundant tied lm_head."""
-    specs = family_spec(arch.family).checkpoint(arch, fmt)
+    specs = checkpoint_specs(arch, fmt)
     names = [n for n, s in specs.items() if s.role == "weight"]
     buffers = [n for n, s in specs.items() if s.role == "buffer"]
     if buffers and draw(st.booleans()):

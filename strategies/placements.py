@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from hypothesis import strategies as st
 
 from conformance.protocol import Capabilities
@@ -12,10 +14,12 @@ MAX_PP = 4
 MAX_EP = 4
 
 
+@functools.lru_cache(maxsize=None)
 def tp_sizes(tensor_parallel: bool = True, limit: int | None = None) -> st.SearchStrategy[int]:
     return st.integers(1, min(MAX_TP, limit or MAX_TP)) if tensor_parallel else st.just(1)
 
 
+@functools.lru_cache(maxsize=None)
 def pp_sizes(pipeline_parallel: bool = True, limit: int | None = None) -> st.SearchStrategy[int]:
     return st.integers(1, min(MAX_PP, limit or MAX_PP)) if pipeline_parallel else st.just(1)
 
@@ -37,6 +41,7 @@ def uneven_partitions(draw, num_layers: int, pp_size: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(bounds, bounds[1:]))
 
 
+@functools.lru_cache(maxsize=None)
 def partitions(num_layers: int, pp_size: int) -> st.SearchStrategy[tuple[int, ...]]:
     if pp_size == 1:
         return st.just((num_layers,))

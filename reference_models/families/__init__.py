@@ -1,5 +1,9 @@
 """The architecture families the suite knows, by HF ``model_type``."""
 
+import functools
+from types import MappingProxyType
+from typing import Mapping
+
 from .base import FamilySpec, TensorSpec
 from .gpt2 import SPEC as GPT2
 from .llama import SPEC as LLAMA
@@ -10,6 +14,16 @@ FAMILY_SPECS: dict[str, FamilySpec] = {
 }
 
 
+@functools.lru_cache(maxsize=512)
+def checkpoint_specs(arch, fmt: str = "default") -> Mapping[str, TensorSpec]:
+    """The family's checkpoint tensors for ``arch``, built once per (arch, format).
+
+    Every step of an example (features, values, writing, the oracle) asks for them; Arch is
+    frozen and hashable, and callers must not mutate the returned mapping.
+    """
+    return MappingProxyType(family_spec(arch.family).checkpoint(arch, fmt))
+
+
 def family_spec(name: str) -> FamilySpec:
     try:
         return FAMILY_SPECS[name]
@@ -17,4 +31,4 @@ def family_spec(name: str) -> FamilySpec:
         raise ValueError(f"unknown family {name!r}; known: {sorted(FAMILY_SPECS)}") from None
 
 
-__all__ = ["FAMILY_SPECS", "FamilySpec", "TensorSpec", "family_spec"]
+__all__ = ["FAMILY_SPECS", "FamilySpec", "TensorSpec", "checkpoint_specs", "family_spec"]

@@ -8,7 +8,9 @@ parameters depend on a given checkpoint tensor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Mapping
 
 import torch
@@ -57,13 +59,16 @@ def source_view(tensors: Mapping[str, torch.Tensor], source: Source) -> torch.Te
     return t
 
 
-def expected_layout(arch, placement, fmt: str = "default") -> dict:
-    return families.family_spec(arch.family).layout(arch, placement, fmt)
+@functools.lru_cache(maxsize=512)
+def expected_layout(arch, placement, fmt: str = "default") -> Mapping:
+    """Runtime name -> layout rule for this rank (cached: arch and placement are frozen)."""
+    return MappingProxyType(families.family_spec(arch.family).layout(arch, placement, fmt))
 
 
-def checkpoint_shapes(arch, fmt: str = "default") -> dict[str, tuple[int, ...]]:
-    specs = families.family_spec(arch.family).checkpoint(arch, fmt)
-    return {n: s.shape for n, s in specs.items()}
+@functools.lru_cache(maxsize=512)
+def checkpoint_shapes(arch, fmt: str = "default") -> Mapping[str, tuple[int, ...]]:
+    specs = families.checkpoint_specs(arch, fmt)
+    return MappingProxyType({n: s.shape for n, s in specs.items()})
 
 
 def needed_sources(arch, placement, fmt: str = "default") -> frozenset[str]:
