@@ -92,6 +92,9 @@ def _targets_conformance(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Runs before Hypothesis's own configure, so our profile and seed are the ones it loads."""
+    config.addinivalue_line(
+        "markers", "conformance: a weightcheck conformance property (run with --loader)"
+    )
     spec = config.getoption("loader")
     if spec is None:
         if _targets_conformance(config):
@@ -128,7 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(1)
-    if config.getoption("hypothesis_seed", None) is None and not _derandomized(profile):
+    if config.getoption("hypothesis_seed", None) is None and _seeded(profile):
         seed = workerinput["weightcheck_seed"] if workerinput else random.getrandbits(32)
         config.option.hypothesis_seed = str(seed)
     config.stash[RUN_KEY] = _run_options(config)
@@ -180,10 +183,17 @@ def regression_files(dirs: list[Path]) -> list[Path]:
     return files
 
 
-def _derandomized(profile: str) -> bool:
+def _seeded(profile: str) -> bool:
+    """Whether the run gets one printed seed shared by every xdist worker.
+
+    Not for a derandomized profile (no seed at all), and not when the profile keeps an example
+    database: Hypothesis switches its database off whenever a seed is given, and ``nightly``
+    needs it so that last night's failures replay first (case files replay either way).
+    """
+    from .profiles import DATABASE_PROFILES
     from hypothesis import settings
 
-    return bool(settings.get_profile(profile).derandomize)
+    return not settings.get_profile(profile).derandomize and profile not in DATABASE_PROFILES
 
 
 class _XdistHooks:
@@ -191,6 +201,12 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node) -> None:
         node.workerinput["weightcheck_seed"] = node.config.getoption("hypothesis_seed", None)
+
+
+def _derandomized(profile: str) -> bool:
+    from hypothesis import settings
+
+    return bool(settings.get_profile(profile).derandomize)
 
 
 def _active(config: pytest.Config) -> bool:
@@ -206,7 +222,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"{pkg} {_version(pkg)}" for pkg in ("weightcheck", "torch", "safetensors", "hypothesis")
     )
     seed = config.getoption("hypothesis_seed", None)
-    seed_text = f"seed {seed}" if seed is not None else "derandomized (no seed)"
+    if seed is not None:
+        seed_text = f"seed {seed}"
+    elif _derandomized(config.option.hypothesis_profile):
+        seed_text = "derandomized (no seed)"
+    else:
+        seed_text = "random per test, example database on (replay with the case files)"
     lines = [
         f"weightcheck: loader {harness.loader.spec} ({harness.loader.name})",
         f"weightcheck: {versions}",

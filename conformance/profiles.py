@@ -1,8 +1,11 @@
 """Hypothesis profiles for the conformance suite.
 
-``dev`` is the default for a local run; ``ci`` is derandomized (the same examples on every run
-and every worker, no example database), for gating merges; ``nightly`` runs ten times the
-examples of ``ci`` with the database on, so failures found at night replay the next morning.
+``dev`` is the default for a local run: one random seed per run, printed and shared by every
+xdist worker; ``ci`` is derandomized (the same examples on every run and every worker, no
+example database), for gating merges; ``nightly`` runs ten times the examples of ``ci`` with
+Hypothesis's example database on (so no forced seed: Hypothesis turns the database off when a
+seed is given), so a failure found at night replays first the next time, from the uploaded
+database artifact.  Case files replay any failure whatever the profile.
 Deadlines are off: loaders vary in speed and a slow example is not a wrong one.
 """
 
@@ -14,6 +17,7 @@ DEV_EXAMPLES = 50
 CI_EXAMPLES = 100
 PROFILES = ("dev", "ci", "nightly")
 DEFAULT_PROFILE = "dev"
+DATABASE_PROFILES = ("nightly",)
 
 
 def register_profiles() -> None:
