@@ -2,7 +2,7 @@
 
 The public protocol types are importable from here::
 
-    from conformance import Arch, Placement, Checkpoint, Capabilities
+    from conformance import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA
 
 They are imported on first use: the plugin is loaded by every pytest run wherever weightcheck
 is installed, and must not make those runs import torch.
@@ -13,6 +13,8 @@ from importlib import import_module
 _EXPORTS = {
     "Arch": "reference_models.arch",
     "Placement": "reference_models.arch",
+    "MoE": "reference_models.arch",
+    "LoRA": "reference_models.arch",
     "Checkpoint": "fixtures.checkpoint",
     "Capabilities": "conformance.protocol",
     "FAMILIES": "conformance.protocol",
