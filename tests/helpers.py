@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -13,36 +13,12 @@ from hypothesis.errors import UnsatisfiedAssumption
 from conformance import properties
 from conformance.assertions import PropertyFailure
 from conformance.protocol import Capabilities, LoaderAdapter
-from strategies import cases, relayouts
-from strategies.archs import loras
-from strategies.checkpoints import value_seeds
+from conformance.runner import LORA_FAMILIES, draw_example, run_example
 
 
 def adapter(loader) -> LoaderAdapter:
     caps = Capabilities.coerce(getattr(loader, "capabilities", None))
     return LoaderAdapter(spec=getattr(loader, "name", "test loader"), target=loader, capabilities=caps)
-
-
-MAX_RANKS = 8
-LORA_FAMILIES = ("llama", "qwen3_moe", "qwen2_moe")
-
-
-def _check(name: str, loader: LoaderAdapter, case, data) -> None:
-    """Draw what the property needs beyond the case, as ``conformance/test_*.py`` do, and run it."""
-    if name == "lora_equivalence" and case.arch.lora is None:
-        lora = data.draw(loras(moe=case.arch.moe is not None), label="lora")
-        case = replace(case, arch=replace(case.arch, lora=lora))
-    if name == "reload":
-        seeds = value_seeds().filter(lambda s: s != case.recipe.value_seed)
-        properties.reload(loader, case, data.draw(seeds, label="second value seed"))
-    elif name == "missing_tensor":
-        dropped = data.draw(st.sampled_from(properties.needed_tensors(case)), label="dropped")
-        properties.missing_tensor(loader, case, dropped)
-    elif name == "invariance":
-        sharded = loader.capabilities.supports("sharded_checkpoint")
-        properties.invariance(loader, case, data.draw(relayouts(case.recipe, sharded=sharded), label="other"))
-    else:
-        getattr(properties, name)(loader, case)
 
 
 def not_applicable(loader: LoaderAdapter, prop: str, family: str) -> str | None:
@@ -115,10 +91,8 @@ def run_search(
     @given(data=st.data())
     def run(data):
         # Counts the examples that ran the property (drawn in full), up to the first failure.
-        max_ranks = MAX_RANKS if prop == "all_ranks" else None
-        try:
-            case = data.draw(cases(family, wrapped.capabilities, max_ranks), label="case")
-            _check(prop, wrapped, case, data)
+        try:  # drawn and run exactly as conformance/test_*.py do (Harness.check)
+            run_example(wrapped, draw_example(data, prop, family, wrapped.capabilities))
         except UnsatisfiedAssumption:
             raise  # Hypothesis control flow (a filtered draw gave up): not an example
         except Exception as exc:

@@ -157,6 +157,7 @@ class LlamaTrackedOnAnyShard(LlamaForCausalLM):
             if self.is_skipped(name) or self.is_on_other_rank(name):
                 continue
             target, shard_id = self.stacked_target(name)
+            target = self.lora_base_name(target)
             param = dict(self.named_parameters())[target]
             if shard_id is None:
                 param.weight_loader(param, w)
