@@ -24,16 +24,9 @@ def matrix():
 
 
 def test_properties_in_the_suites_order(matrix):
-    assert matrix.PROPERTIES == (
-        "roundtrip",
-        "tracking",
-        "missing_tensor",
-        "invariance",
-        "checkpoint_unchanged",
-        "reload",
-        "lora_equivalence",
-        "all_ranks",
-    )
+    from conformance.runner import PROPERTIES
+
+    assert matrix.PROPERTIES == PROPERTIES
 
 
 def test_conv1d_mutant_killed_by_roundtrip_on_gpt2(matrix):
