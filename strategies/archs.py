@@ -94,57 +94,51 @@ def attention_shapes(draw, tp_size: int) -> dict:
 
 
 @st.composite
-def llama_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
-    caps = caps or Capabilities()
-    return Arch(
-        family="llama",
-        **draw(attention_shapes(tp_size)),
-        num_layers=draw(layer_counts(min_layers)),
-        intermediate_size=tp_size * draw(st.integers(1, 6)),
-        vocab_size=draw(vocab_sizes()),
-        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
-        attention_bias=draw(flag(caps, "attention_bias")),
-        dtype=draw(dtypes()),
-        lora=draw(maybe_lora(caps, moe=False)),
-    )
+def decoder_archs(
+    draw,
+    family: str,
+    tp_size: int = 1,
+    min_layers: int = 1,
+    caps: Capabilities | None = None,
+    *,
+    moe: bool = False,
+    shared_expert: bool = False,
+    qkv_bias_always: bool = False,
+) -> Arch:
+    """The llama-like decoders: GQA attention, SwiGLU or MoE MLPs, optional LoRA.
 
-
-@st.composite
-def qwen3_moe_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
-    caps = caps or Capabilities()
-    num_layers = draw(layer_counts(min_layers))
-    return Arch(
-        family="qwen3_moe",
-        **draw(attention_shapes(tp_size)),
-        num_layers=num_layers,
-        intermediate_size=tp_size * draw(st.integers(1, 6)),
-        vocab_size=draw(vocab_sizes()),
-        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
-        attention_bias=draw(flag(caps, "attention_bias")),
-        dtype=draw(dtypes()),
-        moe=draw(moes(tp_size, num_layers, shared=False)),
-        lora=draw(maybe_lora(caps, moe=True)),
-    )
-
-
-@st.composite
-def qwen2_moe_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
-    """q/k/v always biased (``attention_bias`` True); head_dim = hidden_size / num_heads."""
+    ``qkv_bias_always`` is Qwen2's rule (q/k/v always biased, head_dim = hidden / heads).
+    """
     caps = caps or Capabilities()
     shapes = draw(attention_shapes(tp_size))
-    shapes["hidden_size"] = shapes["num_heads"] * shapes["head_dim"]
+    if qkv_bias_always:
+        shapes["hidden_size"] = shapes["num_heads"] * shapes["head_dim"]
     num_layers = draw(layer_counts(min_layers))
     return Arch(
-        family="qwen2_moe",
+        family=family,
         **shapes,
         num_layers=num_layers,
         intermediate_size=tp_size * draw(st.integers(1, 6)),
         vocab_size=draw(vocab_sizes()),
         tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
-        attention_bias=True,
+        attention_bias=True if qkv_bias_always else draw(flag(caps, "attention_bias")),
         dtype=draw(dtypes()),
-        moe=draw(moes(tp_size, num_layers, shared=True)),
-        lora=draw(maybe_lora(caps, moe=True)),
+        moe=draw(moes(tp_size, num_layers, shared=shared_expert)) if moe else None,
+        lora=draw(maybe_lora(caps, moe=moe)),
+    )
+
+
+def llama_archs(tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None):
+    return decoder_archs("llama", tp_size, min_layers, caps)
+
+
+def qwen3_moe_archs(tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None):
+    return decoder_archs("qwen3_moe", tp_size, min_layers, caps, moe=True)
+
+
+def qwen2_moe_archs(tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None):
+    return decoder_archs(
+        "qwen2_moe", tp_size, min_layers, caps, moe=True, shared_expert=True, qkv_bias_always=True
     )
 
 
