@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, Phase, event, given, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -58,7 +58,6 @@ from conformance import properties  # noqa: E402
 from conformance.harness import Harness  # noqa: E402
 from conformance.protocol import FAMILIES, LoaderAdapter, resolve_loader  # noqa: E402
 from conformance.runner import PROPERTIES  # noqa: E402
-from strategies.checkpoints import value_seeds  # noqa: E402
 
 LOADER_SECTIONS = ("loader.build", "loader.load", "loader.state")
 HARNESS_SECTIONS = (
@@ -192,10 +191,6 @@ def harness_breakdown(clock: Clock):
 # The properties, drawn as conformance/test_*.py draw them
 
 
-class Skipped(Exception):
-    """A property that does not apply to the loader (``pytest.skip`` in the test modules)."""
-
-
 def property_bodies() -> dict[str, Callable]:
     """The test body per property: exactly the conformance modules' ``Harness.check`` call."""
 
@@ -272,7 +267,7 @@ def run_property(
         with clock.section("other"):
             try:
                 body(harness, data, family)
-            except (Skipped, AssertionError):
+            except (pytest.skip.Exception, AssertionError):
                 counter["examples"] += 1
                 raise
             counter["examples"] += 1
@@ -289,7 +284,7 @@ def run_property(
     cpu_start, start = time.process_time(), time.perf_counter()
     try:
         test()
-    except (Skipped, pytest.skip.Exception) as reason:
+    except pytest.skip.Exception as reason:
         result.status = f"skipped: {getattr(reason, 'msg', None) or reason}"
     except Exception as exc:  # a failing property: report it, keep benchmarking the others
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -14,7 +14,6 @@ import itertools
 from collections import Counter
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
-from hypothesis import strategies as st
 
 from conformance.protocol import FAMILIES
 from strategies import cases

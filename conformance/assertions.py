@@ -7,7 +7,7 @@ the same, so there is no rounding anywhere).  A failure names the runtime parame
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NoReturn
 
 import torch
 
@@ -140,7 +140,7 @@ def state_mismatches(
     return problems
 
 
-def fail(title: str, problems: list[str], context: str) -> None:
+def fail(title: str, problems: list[str], context: str) -> NoReturn:
     shown = problems[:MAX_REPORTED]
     more = len(problems) - len(shown)
     body = "\n".join(f"  - {p}" for p in shown)

@@ -15,7 +15,7 @@ from fixtures.case import Case
 
 from .properties import NotSupported
 from .protocol import LoaderAdapter
-from .runner import LORA_FAMILIES, Example, draw_example, run_example
+from .runner import Example, draw_example, run_example, skip_reason
 
 
 @dataclass
@@ -27,8 +27,9 @@ class Harness:
 
     def check(self, prop: str, data: st.DataObject, family: str) -> None:
         """Draw one example of ``prop`` for ``family`` and run it against the loader."""
-        if prop == "lora_equivalence":
-            self.require(family, "lora")
+        reason = skip_reason(prop, family, self.loader.capabilities)
+        if reason:
+            pytest.skip(reason)
         example = draw_example(data, prop, family, self.loader.capabilities)
         self.record(example.case)
         self.last_example[self.current] = example
@@ -57,13 +58,6 @@ class Harness:
             run_example(self.loader, Example(prop, example.case, extras))
         except NotSupported as why:
             pytest.skip(f"not supported by the loader: {why}")
-
-    def require(self, family: str, feature: str) -> None:
-        """Skip (as not supported) a test of ``feature`` the loader or family does not have."""
-        if not self.loader.capabilities.supports(feature):
-            pytest.skip(f"not supported by the loader: {feature}")
-        if feature == "lora" and family not in LORA_FAMILIES:
-            pytest.skip(f"not applicable: {family} has no LoRA wrapping")
 
     def record(self, case: Case) -> None:
         """Count the example's features (and tell Hypothesis's statistics, inside a test)."""

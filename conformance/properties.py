@@ -1,6 +1,6 @@
 """The conformance properties, as plain functions of (loader, case).
 
-Each raises ``PropertyFailure`` with an actionable message, or ``NotSupported`` when the loader
+Each raises ``assertions.PropertyFailure`` with an actionable message, or ``NotSupported`` when the loader
 cannot be judged on it (no tracking).  They know nothing of pytest or Hypothesis: the test
 modules in this package draw cases and call them, and the suite's own tests call them directly
 against deliberately buggy loaders.
@@ -21,7 +21,7 @@ from reference_models.families import checkpoint_specs
 from reference_models.oracle import Expected, expected_state, source_view
 from reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
-from .assertions import PropertyFailure, same_bits, fail, state_mismatches
+from .assertions import fail, same_bits, state_mismatches
 from .protocol import LoaderAdapter
 
 
@@ -68,7 +68,6 @@ def _load_or_fail(loader, case, title, recipe=None):
         return _load(loader, case, recipe)
     except LoaderRaised as err:
         fail(title, [str(err)], context(case))
-        raise AssertionError("unreachable")  # for type checkers
 
 
 def _expected(case: Case, tensors) -> Expected:

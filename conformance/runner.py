@@ -18,7 +18,7 @@ from strategies.archs import loras
 from strategies.checkpoints import value_seeds
 
 from . import properties
-from .protocol import Capabilities, LoaderAdapter
+from .protocol import FEATURES, Capabilities, LoaderAdapter
 
 # The order of the conformance modules; a replay runs a case through them in this order.
 PROPERTIES = (
@@ -70,6 +70,18 @@ def draw_example(data: st.DataObject, prop: str, family: str, caps: Capabilities
     return Example(prop, case, extras)
 
 
+def skip_reason(prop: str, family: str, caps: Capabilities) -> str | None:
+    """Why ``prop`` x ``family`` is not judged for a loader with ``caps`` (None: it is)."""
+    if family not in caps.families:
+        return f"not supported by the loader: family {family}"
+    if prop == "lora_equivalence":
+        if not caps.supports("lora"):
+            return "not supported by the loader: lora"
+        if family not in LORA_FAMILIES:
+            return f"not applicable: {family} has no LoRA wrapping"
+    return None
+
+
 def not_applicable(prop: str, case: Case) -> str | None:
     """Why a property does not apply to a case (None if it does)."""
     if prop == "lora_equivalence" and case.arch.lora is None:
@@ -83,7 +95,7 @@ def unsupported(case: Case, caps: Capabilities) -> list[str]:
     missing += [
         name
         for name, used in case.features().items()
-        if isinstance(used, bool) and used and name in Capabilities().features and not caps.supports(name)
+        if isinstance(used, bool) and used and name in FEATURES and not caps.supports(name)
     ]
     return missing
 

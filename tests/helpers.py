@@ -13,24 +13,12 @@ from hypothesis.errors import UnsatisfiedAssumption
 from conformance import properties
 from conformance.assertions import PropertyFailure
 from conformance.protocol import Capabilities, LoaderAdapter
-from conformance.runner import LORA_FAMILIES, draw_example, run_example
+from conformance.runner import draw_example, run_example, skip_reason
 
 
 def adapter(loader) -> LoaderAdapter:
     caps = Capabilities.coerce(getattr(loader, "capabilities", None))
     return LoaderAdapter(spec=getattr(loader, "name", "test loader"), target=loader, capabilities=caps)
-
-
-def not_applicable(loader: LoaderAdapter, prop: str, family: str) -> str | None:
-    """Why the conformance suite skips ``prop`` x ``family`` for this loader (None: it runs it)."""
-    if family not in loader.capabilities.families:
-        return f"not supported by the loader: family {family}"
-    if prop == "lora_equivalence":
-        if not loader.capabilities.supports("lora"):
-            return "not supported by the loader: lora"
-        if family not in LORA_FAMILIES:
-            return f"not applicable: {family} has no LoRA wrapping"
-    return None
 
 
 @dataclass
@@ -74,7 +62,7 @@ def run_search(
     and ``nightly`` profiles run without ``derandomize``)."""
     wrapped = loader if isinstance(loader, LoaderAdapter) else adapter(loader)
     result = SearchResult(prop, family)
-    reason = not_applicable(wrapped, prop, family)
+    reason = skip_reason(prop, family, wrapped.capabilities)
     if reason:
         result.skipped = reason
         return result

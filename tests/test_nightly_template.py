@@ -32,28 +32,7 @@ REFERENCE = "reference_models.reference_loader"
 RUN_TIMEOUT = 180
 
 # A loader with one bug: transformer.ln_f.bias (gpt2, last pipeline rank) is zeroed after loading.
-ZEROING_LOADER = """
-import torch
-from reference_models.reference_loader import loader as ref
-
-
-class Zeroing:
-    name = "zeroes transformer.ln_f.bias"
-
-    def build(self, arch, placement):
-        return ref.build(arch, placement)
-
-    def load(self, model, checkpoint):
-        loaded = ref.load(model, checkpoint)
-        params = dict(model.named_parameters())
-        if "transformer.ln_f.bias" in params:
-            with torch.no_grad():
-                params["transformer.ln_f.bias"].zero_()
-        return loaded
-
-
-loader = Zeroing()
-"""
+ZEROING_LOADER = (Path(__file__).parent / "loaders" / "zeroing_loader.py").read_text()
 
 
 # --- a parser for the block-style YAML subset of the template ----------------------------------

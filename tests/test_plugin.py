@@ -70,28 +70,7 @@ LOADERS = {
         loader = CapsBareString()
     """,
     # Correct except that one runtime parameter is zeroed after loading.
-    "zeroing_loader": """
-        import torch
-        from reference_models.reference_loader import loader as ref
-
-        CORRUPTED = "transformer.ln_f.bias"
-
-        class Zeroing:
-            name = "zeroes transformer.ln_f.bias"
-
-            def build(self, arch, placement):
-                return ref.build(arch, placement)
-
-            def load(self, model, checkpoint):
-                loaded = ref.load(model, checkpoint)
-                params = dict(model.named_parameters())
-                if CORRUPTED in params:
-                    with torch.no_grad():
-                        params[CORRUPTED].zero_()
-                return loaded
-
-        loader = Zeroing()
-    """,
+    "zeroing_loader": (Path(__file__).parent / "loaders" / "zeroing_loader.py").read_text(),
     # Supports llama only, no optional features, and does no weight tracking.
     "llama_untracked": """
         from reference_models.reference_loader import loader as ref
