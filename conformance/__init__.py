@@ -2,7 +2,7 @@
 
 The public protocol types are importable from here::
 
-    from conformance import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA
+    from conformance import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA, Quant, MLA
 
 They are imported on first use: the plugin is loaded by every pytest run wherever weightcheck
 is installed, and must not make those runs import torch.
@@ -15,6 +15,8 @@ _EXPORTS = {
     "Placement": "reference_models.arch",
     "MoE": "reference_models.arch",
     "LoRA": "reference_models.arch",
+    "Quant": "reference_models.arch",
+    "MLA": "reference_models.arch",
     "Checkpoint": "fixtures.checkpoint",
     "Capabilities": "conformance.protocol",
     "FAMILIES": "conformance.protocol",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 
-FAMILIES = ("llama", "gpt2", "qwen3_moe", "qwen2_moe")
+FAMILIES = ("llama", "gpt2", "qwen3_moe", "qwen2_moe", "deepseek_v32")
 FEATURES = (
     "tensor_parallel",
     "pipeline_parallel",
@@ -23,6 +23,8 @@ FEATURES = (
     "lora",
     "sharded_checkpoint",
     "fused_expert_checkpoint",
+    "fp8_per_tensor",
+    "fp8_block",
 )
 
 

@@ -16,10 +16,15 @@ from typing import Any
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Runtime and checkpoint dtypes beyond the model dtypes: FP8 weights and their float32 scales.
+TENSOR_DTYPES = {**DTYPES, "float8_e4m3fn": torch.float8_e4m3fn}
 
 
 EXPERT_PLACEMENTS = ("linear", "round_robin")
 LORA_TARGETS = ("qkv", "o", "gate_up", "down", "experts")
+QUANT_METHODS = ("fp8_per_tensor", "fp8_block")
+ACTIVATION_SCHEMES = ("dynamic", "static")
+IGNORE_KEYS = ("ignored_layers", "modules_to_not_convert")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,68 @@ class LoRA:
 
 
 @dataclass(frozen=True)
+class Quant:
+    """FP8 quantisation of the linear layers, as ``quantization_config {"quant_method": "fp8"}``.
+
+    ``method``: ``fp8_per_tensor`` (one ``weight_scale`` per checkpoint weight, plus an
+    ``input_scale`` when ``activation_scheme`` is ``static``) or ``fp8_block``
+    (``weight_scale_inv`` per ``block`` = (rows, columns) of the weight; activations dynamic).
+    ``ignored``: checkpoint module names left in high precision (no scales), written to
+    config.json under ``ignore_key`` (vLLM's ``ignored_layers`` or HF's
+    ``modules_to_not_convert``).  A fused runtime layer is ignored whole: all of q/k/v, or
+    gate and up, are listed together.
+    """
+
+    method: str
+    activation_scheme: str = "dynamic"
+    block: tuple[int, int] | None = None
+    ignored: tuple[str, ...] = ()
+    ignore_key: str = "ignored_layers"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ignored", tuple(sorted(self.ignored)))
+        if self.block is not None:
+            object.__setattr__(self, "block", tuple(self.block))
+        if self.method not in QUANT_METHODS:
+            raise ValueError(f"quant method {self.method!r} is not one of {QUANT_METHODS}")
+        if self.activation_scheme not in ACTIVATION_SCHEMES:
+            raise ValueError(f"activation_scheme must be one of {ACTIVATION_SCHEMES}")
+        if self.ignore_key not in IGNORE_KEYS:
+            raise ValueError(f"ignore_key must be one of {IGNORE_KEYS}")
+        if (self.method == "fp8_block") != (self.block is not None):
+            raise ValueError("fp8_block needs a block (rows, columns); fp8_per_tensor none")
+        if self.block is not None and (len(self.block) != 2 or min(self.block) < 1):
+            raise ValueError(f"block must be two positive sizes, not {self.block}")
+        if self.method == "fp8_block" and self.activation_scheme != "dynamic":
+            raise ValueError("block-wise FP8 has dynamic activations only (as in vLLM)")
+
+    def quantizes(self, module: str) -> bool:
+        """Whether checkpoint module ``module`` (e.g. ``model.layers.0.mlp.down_proj``) is FP8."""
+        return module not in self.ignored
+
+
+@dataclass(frozen=True)
+class MLA:
+    """Multi-head latent attention and the sparse-attention indexer (DeepSeek-V3.2 / GLM-5).
+
+    Only what loading sees: the projection shapes.  ``q_lora_rank`` is always set (the
+    ``fused_qkv_a_proj`` path); the indexer has ``index_n_heads`` heads of ``index_head_dim``.
+    """
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    index_n_heads: int
+    index_head_dim: int
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
+@dataclass(frozen=True)
 class Arch:
     """A tiny decoder architecture of one real HF ``model_type`` (``family``)."""
 
@@ -81,6 +148,8 @@ class Arch:
     dtype: str = "float32"
     moe: MoE | None = None
     lora: LoRA | None = None
+    quant: Quant | None = None
+    mla: MLA | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -110,10 +179,18 @@ class Arch:
             data["moe"] = MoE(**data["moe"])
         if data.get("lora") is not None:
             data["lora"] = LoRA(**data["lora"])
+        if data.get("quant") is not None:
+            data["quant"] = Quant(**data["quant"])
+        if data.get("mla") is not None:
+            data["mla"] = MLA(**data["mla"])
         return cls(**data)
 
     def lora_wraps(self, target: str) -> bool:
         return self.lora is not None and target in self.lora.targets
+
+    def fp8(self, module: str) -> bool:
+        """Whether checkpoint module ``module`` is stored in FP8 with scales."""
+        return self.quant is not None and self.quant.quantizes(module)
 
 
 @dataclass(frozen=True)

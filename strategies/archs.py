@@ -9,12 +9,14 @@ strategy here and registers it in ``ARCH_STRATEGIES``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from hypothesis import strategies as st
 
 from conformance.protocol import Capabilities
-from reference_models.arch import DTYPES, LORA_TARGETS, Arch, LoRA, MoE
+from reference_models.arch import DTYPES, IGNORE_KEYS, LORA_TARGETS, MLA, Arch, LoRA, MoE, Quant
+from reference_models.families import family_spec
 
 DTYPE_NAMES = tuple(DTYPES)
 MAX_LAYERS = 4
@@ -63,6 +65,42 @@ def loras(moe: bool) -> st.SearchStrategy[LoRA]:
 @functools.lru_cache(maxsize=None)
 def maybe_lora(caps: Capabilities, moe: bool) -> st.SearchStrategy[LoRA | None]:
     return st.none() | loras(moe) if caps.supports("lora") else st.none()
+
+
+# Block sizes: mostly ones that divide neither the weight nor the TP split; sometimes ones
+# larger than any tiny weight (a single partial block), as real 128x128 blocks are.
+_BLOCK_SIZES = st.one_of(st.integers(1, 6), st.sampled_from((8, 128)))
+FP8_METHODS = ("fp8_per_tensor", "fp8_block")
+
+
+@st.composite
+def quants(draw, arch: Arch, methods: tuple[str, ...]) -> Quant:
+    """An FP8 config for ``arch``: method, activations, block, modules left unquantised."""
+    method = draw(st.sampled_from(methods), label="fp8 method")
+    block = None
+    scheme = "dynamic"
+    if method == "fp8_block":
+        block = (draw(_BLOCK_SIZES, label="block rows"), draw(_BLOCK_SIZES, label="block columns"))
+    else:
+        scheme = draw(st.sampled_from(("dynamic", "static")), label="activation scheme")
+    groups = family_spec(arch.family).quant_groups(arch)
+    ignored = draw(st.lists(st.sampled_from(groups), unique=True, max_size=3), label="ignored")
+    return Quant(
+        method=method,
+        activation_scheme=scheme,
+        block=block,
+        ignored=tuple(m for group in ignored for m in group),
+        ignore_key=draw(st.sampled_from(IGNORE_KEYS), label="ignore key"),
+    )
+
+
+def with_quant(arch: Arch, caps: Capabilities, methods=FP8_METHODS) -> st.SearchStrategy[Arch]:
+    """``arch`` unquantised (two times in three) or with an FP8 config the loader supports."""
+    supported = tuple(m for m in methods if caps.supports(m))
+    if not supported:
+        return st.just(arch)
+    quantized = quants(arch, supported).map(lambda q: dataclasses.replace(arch, quant=q))
+    return st.one_of(st.just(arch), st.just(arch), quantized)
 
 
 @st.composite
@@ -114,7 +152,7 @@ def decoder_archs(
     if qkv_bias_always:
         shapes["hidden_size"] = shapes["num_heads"] * shapes["head_dim"]
     num_layers = draw(layer_counts(min_layers))
-    return Arch(
+    arch = Arch(
         family=family,
         **shapes,
         num_layers=num_layers,
@@ -126,6 +164,7 @@ def decoder_archs(
         moe=draw(moes(tp_size, num_layers, shared=shared_expert)) if moe else None,
         lora=draw(maybe_lora(caps, moe=moe)),
     )
+    return draw(with_quant(arch, caps))
 
 
 def llama_archs(tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None):
@@ -164,6 +203,39 @@ def gpt2_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities |
     )
 
 
+@st.composite
+def deepseek_v32_archs(
+    draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None
+) -> Arch:
+    """MLA + indexer, bf16 or block FP8 (GLM-5-FP8); nKV = nH; no LoRA, no attention bias."""
+    caps = caps or Capabilities()
+    num_heads = tp_size * draw(st.integers(1, 2))
+    dim = st.integers(1, 6)
+    mla = MLA(
+        q_lora_rank=draw(dim),
+        kv_lora_rank=draw(dim),
+        qk_nope_head_dim=draw(st.integers(1, 4)),
+        qk_rope_head_dim=2 * draw(st.integers(1, 2)),
+        v_head_dim=draw(st.integers(1, 4)),
+        index_n_heads=draw(st.integers(1, 4)),
+        index_head_dim=draw(dim),
+    )
+    arch = Arch(
+        family="deepseek_v32",
+        hidden_size=draw(st.integers(2, 12)),
+        num_layers=draw(layer_counts(min_layers)),
+        num_heads=num_heads,
+        num_kv_heads=num_heads,
+        head_dim=mla.qk_rope_head_dim,
+        intermediate_size=tp_size * draw(st.integers(1, 6)),
+        vocab_size=draw(vocab_sizes()),
+        tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
+        dtype=draw(dtypes()),
+        mla=mla,
+    )
+    return draw(with_quant(arch, caps, methods=("fp8_block",)))
+
+
 # Built once per (tp_size, min_layers, caps): strategy objects are validated on first use, and
 # building them anew for every example was a third of the drawing time.
 ARCH_STRATEGIES = {
@@ -173,5 +245,6 @@ ARCH_STRATEGIES = {
         "gpt2": gpt2_archs,
         "qwen3_moe": qwen3_moe_archs,
         "qwen2_moe": qwen2_moe_archs,
+        "deepseek_v32": deepseek_v32_archs,
     }.items()
 }

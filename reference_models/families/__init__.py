@@ -5,12 +5,13 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .base import FamilySpec, TensorSpec
+from .deepseek import SPEC as DEEPSEEK_V32
 from .gpt2 import SPEC as GPT2
 from .llama import SPEC as LLAMA
 from .qwen_moe import QWEN2_MOE, QWEN3_MOE
 
 FAMILY_SPECS: dict[str, FamilySpec] = {
-    spec.model_type: spec for spec in (LLAMA, GPT2, QWEN3_MOE, QWEN2_MOE)
+    spec.model_type: spec for spec in (LLAMA, GPT2, QWEN3_MOE, QWEN2_MOE, DEEPSEEK_V32)
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..oracle.rules import QKV, Replicated, Sharded, Source, Stacked, VocabParallel
 from .base import FamilySpec, TensorSpec, wrapped
+from .quant import linear_checkpoint, linear_layout, quantization_config
 
 COLUMN, ROW = 0, 1
 
@@ -41,29 +42,11 @@ class Llama(FamilySpec):
     # -- checkpoint ------------------------------------------------------------------------
 
     def checkpoint(self, arch, fmt="default"):
-        H, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
+        H = arch.hidden_size
         out = {"model.embed_tokens.weight": TensorSpec((arch.vocab_size, H))}
         for i in range(arch.num_layers):
             p = f"model.layers.{i}."
-            a = p + "self_attn."
-            out |= {
-                a + "q_proj.weight": TensorSpec((q, H)),
-                a + "k_proj.weight": TensorSpec((kv, H)),
-                a + "v_proj.weight": TensorSpec((kv, H)),
-                a + "o_proj.weight": TensorSpec((H, q)),
-            }
-            if self.qkv_bias(arch):
-                out |= {
-                    a + "q_proj.bias": TensorSpec((q,)),
-                    a + "k_proj.bias": TensorSpec((kv,)),
-                    a + "v_proj.bias": TensorSpec((kv,)),
-                }
-            if self.o_bias(arch):
-                out[a + "o_proj.bias"] = TensorSpec((H,))
-            out |= self.attention_extras(arch, a)
-            out[a + "rotary_emb.inv_freq"] = TensorSpec(
-                (arch.head_dim // 2,), role="buffer", dtype="float32", fill="inv_freq"
-            )
+            out |= self.attention_checkpoint(arch, p + "self_attn.")
             out |= self.mlp_checkpoint(arch, i, p, fmt)
             out[p + "input_layernorm.weight"] = TensorSpec((H,))
             out[p + "post_attention_layernorm.weight"] = TensorSpec((H,))
@@ -75,6 +58,32 @@ class Llama(FamilySpec):
         else:
             out["lm_head.weight"] = TensorSpec((arch.vocab_size, H))
         return out
+
+    def attention_checkpoint(self, arch, a: str) -> dict[str, TensorSpec]:
+        H, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
+        bias = self.qkv_bias(arch)
+        out = {}
+        for x, rows in (("q", q), ("k", kv), ("v", kv)):
+            out |= linear_checkpoint(arch, a + f"{x}_proj", (rows, H), bias=bias)
+        out |= linear_checkpoint(arch, a + "o_proj", (H, q), bias=self.o_bias(arch))
+        out |= self.attention_extras(arch, a)
+        out[a + "rotary_emb.inv_freq"] = TensorSpec(
+            (arch.head_dim // 2,), role="buffer", dtype="float32", fill="inv_freq"
+        )
+        return out
+
+    def quant_groups(self, arch) -> list[tuple[str, ...]]:
+        """Checkpoint modules that can be left unquantised, fused ones together."""
+        groups = []
+        for i in range(arch.num_layers):
+            p = f"model.layers.{i}."
+            groups += self.attention_quant_groups(arch, p + "self_attn.")
+            if arch.moe is None or not arch.moe.is_moe_layer(i):
+                groups += [(p + "mlp.gate_proj", p + "mlp.up_proj"), (p + "mlp.down_proj",)]
+        return groups
+
+    def attention_quant_groups(self, arch, a: str) -> list[tuple[str, ...]]:
+        return [(a + "q_proj", a + "k_proj", a + "v_proj"), (a + "o_proj",)]
 
     def config(self, arch):
         return {
@@ -96,6 +105,7 @@ class Llama(FamilySpec):
             "dtype": arch.dtype,
             "torch_dtype": arch.dtype,
             **self.config_extras(arch),
+            **quantization_config(arch),
         }
 
     # -- runtime layout (the oracle's rules) ---------------------------------------------------
@@ -106,17 +116,7 @@ class Llama(FamilySpec):
             rules["model.embed_tokens.weight"] = VocabParallel(Source("model.embed_tokens.weight"))
         for i in placement.layers:
             p = f"model.layers.{i}."
-            a = p + "self_attn."
-            kinds = ("weight", "bias") if self.qkv_bias(arch) else ("weight",)
-            for kind in kinds:
-                rules[wrapped(arch, a + f"qkv_proj.{kind}", "qkv")] = QKV(
-                    tuple((x, Source(a + f"{x}_proj.{kind}")) for x in "qkv")
-                )
-            rules[wrapped(arch, a + "o_proj.weight", "o")] = Sharded(Source(a + "o_proj.weight"), ROW)
-            if self.o_bias(arch):
-                rules[wrapped(arch, a + "o_proj.bias", "o")] = Replicated(Source(a + "o_proj.bias"))
-            for name in self.attention_extras(arch, a):
-                rules[name] = Replicated(Source(name))
+            rules |= self.attention_layout(arch, p + "self_attn.")
             rules |= self.mlp_layout(arch, i, p, fmt)
             for norm in ("input_layernorm", "post_attention_layernorm"):
                 rules[p + f"{norm}.weight"] = Replicated(Source(p + f"{norm}.weight"))
@@ -126,24 +126,47 @@ class Llama(FamilySpec):
                 rules["lm_head.weight"] = VocabParallel(Source("lm_head.weight"))
         return rules
 
+    def attention_layout(self, arch, a: str) -> dict:
+        qkv = tuple(a + f"{x}_proj" for x in "qkv")
+        rules = linear_layout(
+            arch,
+            wrapped(arch, a + "qkv_proj.weight", "qkv"),
+            QKV(tuple((x, Source(m + ".weight")) for x, m in zip("qkv", qkv))),
+            qkv,
+        )
+        if self.qkv_bias(arch):
+            rules[wrapped(arch, a + "qkv_proj.bias", "qkv")] = QKV(
+                tuple((x, Source(m + ".bias")) for x, m in zip("qkv", qkv))
+            )
+        o = a + "o_proj"
+        rules |= linear_layout(
+            arch, wrapped(arch, o + ".weight", "o"), Sharded(Source(o + ".weight"), ROW), (o,)
+        )
+        if self.o_bias(arch):
+            rules[wrapped(arch, o + ".bias", "o")] = Replicated(Source(o + ".bias"))
+        for name in self.attention_extras(arch, a):
+            rules[name] = Replicated(Source(name))
+        return rules
+
 
 def dense_mlp_checkpoint(arch, m: str, size: int) -> dict[str, TensorSpec]:
     """gate/up/down of a SwiGLU MLP under prefix ``m`` (``...mlp.`` or ``...shared_expert.``)."""
     H = arch.hidden_size
-    return {
-        m + "gate_proj.weight": TensorSpec((size, H)),
-        m + "up_proj.weight": TensorSpec((size, H)),
-        m + "down_proj.weight": TensorSpec((H, size)),
-    }
+    return (
+        linear_checkpoint(arch, m + "gate_proj", (size, H))
+        | linear_checkpoint(arch, m + "up_proj", (size, H))
+        | linear_checkpoint(arch, m + "down_proj", (H, size))
+    )
 
 
 def dense_mlp_layout(arch, m: str) -> dict:
-    return {
-        wrapped(arch, m + "gate_up_proj.weight", "gate_up"): Stacked(
-            (("0 (gate)", Source(m + "gate_proj.weight")), ("1 (up)", Source(m + "up_proj.weight")))
-        ),
-        wrapped(arch, m + "down_proj.weight", "down"): Sharded(Source(m + "down_proj.weight"), ROW),
-    }
+    gate, up, down = m + "gate_proj", m + "up_proj", m + "down_proj"
+    gate_up = Stacked((("0 (gate)", Source(gate + ".weight")), ("1 (up)", Source(up + ".weight"))))
+    return linear_layout(
+        arch, wrapped(arch, m + "gate_up_proj.weight", "gate_up"), gate_up, (gate, up)
+    ) | linear_layout(
+        arch, wrapped(arch, m + "down_proj.weight", "down"), Sharded(Source(down + ".weight"), ROW), (down,)
+    )
 
 
 SPEC = Llama()

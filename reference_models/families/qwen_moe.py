@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..oracle.rules import Experts, Replicated, Source
 from .base import TensorSpec, wrapped
 from .llama import Llama, dense_mlp_checkpoint, dense_mlp_layout
+from .quant import linear_checkpoint, linear_layout
 
 PER_EXPERT, FUSED = "per_expert", "fused_experts"
 
@@ -18,7 +19,16 @@ class QwenMoE(Llama):
     """The MoE block both Qwen types share; subclasses add shared experts and norms."""
 
     def formats(self, arch):
-        return (PER_EXPERT, FUSED)
+        return (PER_EXPERT,) if arch.quant else (PER_EXPERT, FUSED)
+
+    def quant_groups(self, arch):
+        groups = super().quant_groups(arch)
+        if self.shared_expert(arch):
+            for i in range(arch.num_layers):
+                if arch.moe.is_moe_layer(i):
+                    s = f"model.layers.{i}.mlp.shared_expert."
+                    groups += [(s + "gate_proj", s + "up_proj"), (s + "down_proj",)]
+        return groups
 
     def shared_expert(self, arch) -> int:
         return 0
@@ -35,7 +45,10 @@ class QwenMoE(Llama):
             out[m + "experts.down_proj"] = TensorSpec((E, H, Im))
         else:
             for e in range(E):
-                out |= dense_mlp_checkpoint(arch, m + f"experts.{e}.", Im)
+                x = m + f"experts.{e}."
+                out |= linear_checkpoint(arch, x + "gate_proj", (Im, H))
+                out |= linear_checkpoint(arch, x + "up_proj", (Im, H), input_scale_of=x + "gate_proj")
+                out |= linear_checkpoint(arch, x + "down_proj", (H, Im))
         if self.shared_expert(arch):
             out |= dense_mlp_checkpoint(arch, m + "shared_expert.", self.shared_expert(arch))
             out[m + "shared_expert_gate.weight"] = TensorSpec((1, H))
@@ -67,11 +80,13 @@ class QwenMoE(Llama):
                 for e in range(E)
             )
             w2 = tuple((("w2 (down)", Source(x + f"{e}.down_proj.weight")),) for e in range(E))
-        rules = {
-            m + "gate.weight": Replicated(Source(m + "gate.weight")),
-            wrapped(arch, m + "experts.w13_weight", "experts"): Experts(w13, dim=0),
-            wrapped(arch, m + "experts.w2_weight", "experts"): Experts(w2, dim=1),
-        }
+        modules = tuple(
+            f"{m}experts.{e}.{proj}" for e in range(E) for proj in ("gate_proj", "up_proj", "down_proj")
+        )
+        rules = {m + "gate.weight": Replicated(Source(m + "gate.weight"))}
+        for name, rule in (("w13_weight", Experts(w13, dim=0)), ("w2_weight", Experts(w2, dim=1))):
+            runtime = wrapped(arch, m + "experts." + name, "experts")
+            rules |= linear_layout(arch, runtime, rule, modules, experts=True)
         if self.shared_expert(arch):
             rules |= dense_mlp_layout(arch, m + "shared_expert.")
             rules[m + "shared_expert_gate.weight"] = Replicated(Source(m + "shared_expert_gate.weight"))

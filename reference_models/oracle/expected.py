@@ -16,7 +16,8 @@ from typing import Mapping
 import torch
 
 from .. import families  # module import: families' specs import our rules
-from .rules import Piece, Source
+from ..arch import TENSOR_DTYPES
+from .rules import InDtype, Piece, Source
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ExpectedParam:
 
     @property
     def sources(self) -> frozenset[str]:
-        return frozenset(p.source.name for p in self.pieces if p.source is not None)
+        return frozenset(n for p in self.pieces if p.source is not None for n in p.source.names)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,27 @@ class Expected:
         return frozenset(n for n, p in self.params.items() if checkpoint_name in p.sources)
 
 
+def dequantize(
+    weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None
+) -> torch.Tensor:
+    """The FP8 dequantisation the suite holds loaders to, exactly (float32 result).
+
+    ``scale`` (``weight_scale_inv``) multiplies, expanded over ``block`` and cropped to the
+    weight: blocks at the bottom and right edges may be partial.  ``block`` None: a
+    per-tensor ``weight_scale``.
+    """
+    if block is None:
+        return weight.float() * scale.float()
+    n, k = weight.shape
+    bn, bk = block
+    expanded = scale.float().repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:n, :k]
+    return weight.float() * expanded
+
+
 def source_view(tensors: Mapping[str, torch.Tensor], source: Source) -> torch.Tensor:
     t = tensors[source.name]
+    if source.scale is not None:
+        t = dequantize(t, tensors[source.scale], source.block)
     if source.select is not None:
         t = t[source.select]
     if source.transpose:
@@ -77,7 +97,7 @@ def needed_sources(arch, placement, fmt: str = "default") -> frozenset[str]:
     names: set[str] = set()
     for rule in expected_layout(arch, placement, fmt).values():
         _, pieces = rule.pieces(arch, placement, shapes)
-        names.update(p.source.name for p in pieces if p.source is not None)
+        names.update(n for p in pieces if p.source is not None for n in p.source.names)
     return frozenset(names)
 
 
@@ -93,7 +113,8 @@ def expected_state(
     params = {}
     for name, rule in expected_layout(arch, placement, fmt).items():
         shape, pieces = rule.pieces(arch, placement, shapes)
-        value = torch.zeros(shape, dtype=arch.torch_dtype)
+        dtype = TENSOR_DTYPES[rule.dtype] if isinstance(rule, InDtype) else arch.torch_dtype
+        value = torch.zeros(shape, dtype=dtype)
         for piece in pieces:
             if piece.source is not None:
                 value[piece.dst] = source_view(tensors, piece.source)[piece.src].to(value.dtype)

@@ -26,12 +26,22 @@ class Source:
     ``transpose`` swaps the two remaining dims, ``rows`` index the result.  A GPT-2 ``c_attn``
     k block is ``Source(name, transpose=True, rows=(H, 2H))``; expert 3's up rows of a fused
     ``gate_up_proj`` are ``Source(name, select=3, rows=(Im, 2 * Im))``.
+
+    ``scale`` names the block scale (``weight_scale_inv``, blocks ``block``) of an FP8 tensor
+    that is dequantised at load time (``oracle.expected.dequantize`` is the definition); it
+    is then a source of the parameter too.
     """
 
     name: str
     transpose: bool = False
     rows: tuple[int, int] | None = None
     select: int | None = None
+    scale: str | None = None
+    block: tuple[int, int] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,) if self.scale is None else (self.name, self.scale)
 
     def view_shape(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
         shape = tuple(shapes[self.name])
@@ -184,6 +194,14 @@ class QKV(Stacked):
         return _block(n, placement)
 
 
+@dataclass(frozen=True)
+class Concatenated(Stacked):
+    """Parts stacked on rows and never sharded: a replicated merged layer (``fused_qkv_a_proj``)."""
+
+    def rows_for(self, arch, placement, label, n):
+        return 0, n
+
+
 def qkv_fused(name: str, q: int, kv: int, transpose: bool) -> QKV:
     """A fused on-disk [q|k|v] tensor, split by the total head counts first."""
     return QKV(
@@ -250,3 +268,110 @@ class Experts:
                 text = f"expert {g} as local {j}, shard {label}, {where}"
                 pieces.append(Piece(dst, source, src, text))
         return (len(local), *inner), pieces
+
+
+@dataclass(frozen=True)
+class InDtype:
+    """``rule`` with runtime dtype ``dtype`` instead of the model dtype (FP8 weights, scales)."""
+
+    rule: object
+    dtype: str
+
+    def pieces(self, arch, placement, shapes):
+        return self.rule.pieces(arch, placement, shapes)
+
+
+def _plain(source: Source) -> Source:
+    if source.transpose or source.rows is not None or source.select is not None:
+        raise ValueError(f"FP8 scales of a transposed, narrowed or fused 3-D source: {source}")
+    return source
+
+
+def _groups(pieces) -> dict[int | None, list[Piece]]:
+    """The weight's pieces per local expert (dst[0] an int), or all in one group (None)."""
+    groups: dict[int | None, list[Piece]] = {}
+    for piece in pieces:
+        key = piece.dst[0] if piece.dst and isinstance(piece.dst[0], int) else None
+        groups.setdefault(key, []).append(piece)
+    return groups
+
+
+def _suffixed(weight_name: str, suffix: str) -> str:
+    """``x.weight`` -> ``x.weight_scale_inv``; a scale tensor sits beside its weight."""
+    return weight_name.removesuffix(".weight") + "." + suffix
+
+
+@dataclass(frozen=True)
+class ShardScales:
+    """Per-tensor FP8 scales of ``weight``'s pieces: scalars, never sharded.
+
+    One slot per piece (``[q, k, v]``, ``[gate, up]``; ``[E_local, 2]`` for experts), or with
+    ``one_slot`` one per group (``[E_local]``: ``w2_weight_scale``, the experts' input scales,
+    where gate's and up's must be equal and both are sources of the slot).
+    """
+
+    weight: object
+    suffix: str  # "weight_scale" or "input_scale"
+    one_slot: bool = False
+
+    def pieces(self, arch, placement, shapes):
+        _, weight_pieces = self.weight.pieces(arch, placement, shapes)
+        groups = _groups(p for p in weight_pieces if p.source is not None)
+        out = []
+        width = 1
+        for key, members in groups.items():
+            width = 1 if self.one_slot else len(members)
+            for i, piece in enumerate(members):
+                slot = () if self.one_slot else (slice(i, i + 1),)
+                dst = ((key,) if key is not None else (slice(0, 1),) if self.one_slot else ()) + slot
+                source = Source(_suffixed(_plain(piece.source).name, self.suffix))
+                label = f"{self.suffix} of {piece.label}"
+                out.append(Piece(dst, source, (), label))
+        if None in groups:
+            return (width,), out
+        shape = (len(groups),) if self.one_slot else (len(groups), width)
+        return shape, out
+
+
+def _cover(s: slice, block: int) -> slice:
+    return slice(s.start // block, -(-s.stop // block))
+
+
+@dataclass(frozen=True)
+class BlockScales:
+    """Block FP8 ``weight_scale_inv`` of ``weight`` by the block-cover rule.
+
+    Each weight piece (rows a:b, columns c:d of its checkpoint weight) brings the scale blocks
+    covering it, rows a//bn : ceil(b/bn), columns c//bk : ceil(d/bk), stacked on rows in the
+    weight's piece order (per expert for experts).
+    """
+
+    weight: object
+    block: tuple[int, int]
+
+    def pieces(self, arch, placement, shapes):
+        bn, bk = self.block
+        _, weight_pieces = self.weight.pieces(arch, placement, shapes)
+        groups = _groups(p for p in weight_pieces if p.source is not None)
+        out = []
+        rows = cols = 0
+        for key, members in groups.items():
+            offset = 0
+            for piece in members:
+                src_rows, src_cols = piece.src[-2], piece.src[-1]
+                r, c = _cover(src_rows, bn), _cover(src_cols, bk)
+                n, cols = r.stop - r.start, c.stop - c.start
+                dst = ((key,) if key is not None else ()) + (
+                    slice(offset, offset + n),
+                    slice(0, cols),
+                )
+                source = Source(_suffixed(_plain(piece.source).name, "weight_scale_inv"))
+                label = (
+                    f"scale blocks of {piece.label} (weight rows {src_rows.start}:"
+                    f"{src_rows.stop}, columns {src_cols.start}:{src_cols.stop}; block {bn}x{bk})"
+                )
+                out.append(Piece(dst, source, (r, c), label))
+                offset += n
+            rows = offset
+        shape = (rows, cols) if None in groups else (len(groups), rows, cols)
+        return shape, out
