@@ -58,11 +58,15 @@ def describe_source(piece: Piece, shapes: Mapping[str, tuple[int, ...]]) -> str:
         index = [src.select] + index
     text = ", ".join(_fmt_slice(s, shape[d]) for d, s in enumerate(index))
     text = f"{src.name}[{text}]" if text.strip(":, ") else src.name
+    if src.scale is not None:
+        text = f"{text} dequantised with {src.scale} (float32 product, then the model dtype)"
     return text + (" transposed" if src.transpose else "")
 
 
 def _hint(actual: torch.Tensor, expected: torch.Tensor) -> str:
     """A guess at what went wrong, from what the region holds instead."""
+    if expected.dtype == torch.float8_e4m3fn:  # few ops exist for FP8: compare its values
+        actual, expected = actual.float(), expected.float()
     if actual.is_floating_point() and torch.isnan(actual).all():
         return "it holds only NaN (never written?)"
     if not actual.any():

@@ -5,7 +5,7 @@ running examples within its capabilities, counts of what was exercised, and the 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import currently_in_test_context, event
@@ -25,12 +25,12 @@ class Harness:
     last_example: dict[str, Example] = field(default_factory=dict)
     current: str = ""
 
-    def check(self, prop: str, data: st.DataObject, family: str) -> None:
+    def check(self, prop: str, data: st.DataObject, family: str, device: str = "cpu") -> None:
         """Draw one example of ``prop`` for ``family`` and run it against the loader."""
         reason = skip_reason(prop, family, self.loader.capabilities)
         if reason:
             pytest.skip(reason)
-        example = draw_example(data, prop, family, self.loader.capabilities)
+        example = draw_example(data, prop, family, self.loader.capabilities, device)
         self.record(example.case)
         self.last_example[self.current] = example
         try:
@@ -39,6 +39,25 @@ class Harness:
             pytest.skip(f"not supported by the loader: {reason}")
         if note:
             event(f"{prop}: {note}")
+
+    def check_device(self, check, data: st.DataObject, family: str, methods: tuple[str, ...]) -> None:
+        """Draw an FP8 case on CUDA and run one of ``device_checks`` on it."""
+        from strategies.cases import fp8_cases
+
+        caps = self.loader.capabilities
+        reason = skip_reason("roundtrip", family, caps)
+        missing = [f for f in ("cuda", *methods) if not caps.supports(f)]
+        if reason or not any(caps.supports(m) for m in methods) or not caps.supports("cuda"):
+            pytest.skip(reason or f"not supported by the loader: {', '.join(missing)}")
+        methods = tuple(m for m in methods if caps.supports(m))
+        case = data.draw(fp8_cases(family, caps, methods), label="case")
+        case = replace(case, placement=replace(case.placement, device="cuda"))
+        self.record(case)
+        self.last_example[self.current] = Example(check.__name__, case)
+        try:
+            check(self.loader, case)
+        except NotSupported as why:
+            pytest.skip(f"not supported by the loader: {why}")
 
     def replay(self, path, prop: str) -> None:
         """Run one property on the case of a case file (its own draws if it is that property's)."""

@@ -95,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "conformance: a weightcheck conformance property (run with --loader)"
     )
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped with a reason when no GPU is present")
     spec = config.getoption("loader")
     if spec is None:
         if _targets_conformance(config):
@@ -163,7 +164,7 @@ def _run_options(config: pytest.Config) -> RunOptions:
         try:
             expectations = parse(config.getoption("expect_fail"))
             stems = {p.stem for p in regression_files(dirs)}
-            validate(expectations, PROPERTIES, FAMILIES, stems)
+            validate(expectations, (*PROPERTIES, "gpu"), FAMILIES, stems)
         except ExpectationsError as exc:
             raise pytest.UsageError(str(exc)) from None
     report = config.getoption("report_json")

@@ -149,6 +149,54 @@ def missing_tensor(loader: LoaderAdapter, case: Case, dropped: str) -> str:
     return "reported"
 
 
+def check_loaded(loader: LoaderAdapter, case: Case, dropped: str | None) -> str:
+    """The loader's own completeness check raises after an incomplete load, naming what is
+    missing, and stays silent after a complete one (vLLM PR #41086: quantised modules were
+    exempted wholesale, so a missing bias of an FP8 layer went unnoticed).
+
+    Returns how the example went, for statistics.
+    """
+    hook = loader.hook("check_loaded")
+    if hook is None:
+        raise NotSupported("the loader has no check_loaded(model, loaded) hook")
+    what = f"without {dropped}" if dropped else "complete"
+    title = f"completeness check: check_loaded after a load of the {what} checkpoint"
+    extra = f"dropped: {dropped}" if dropped else "dropped: nothing"
+    recipe = case.recipe.without(dropped) if dropped else None
+    with scratch_dir() as path:
+        tensors = case_tensors(case)
+        checkpoint = write_case(case, path, recipe, tensors)
+        try:
+            model = _call("build", loader.build, case.arch, case.placement)
+            loaded = _call("load", loader.load, model, checkpoint)
+        except LoaderRaised as err:
+            if dropped and err.stage == "load":
+                return "load raised before the check"
+            fail(title, [str(err)], context(case, extra))
+        try:
+            hook(model, set(loaded) if loaded is not None else None)
+        except Exception as exc:  # the check's verdict
+            message = f"{type(exc).__name__}: {exc}"
+            if dropped is None:
+                fail(title, [f"it raised on a complete load: {message}"], context(case, extra))
+            named = _expected(case, tensors).dependents(dropped) | {dropped}
+            if not any(name in str(exc) for name in named):
+                fail(
+                    title,
+                    [f"it raised but names none of {sorted(named)}: {message}"],
+                    context(case, extra),
+                )
+            return "raised"
+    if dropped is not None:
+        dependents = sorted(_expected(case, tensors).dependents(dropped))
+        fail(
+            title,
+            [f"it stayed silent although {dependents} were not initialised from the checkpoint"],
+            context(case, extra),
+        )
+    return "silent on a complete load"
+
+
 def invariance(loader: LoaderAdapter, case: Case, other: CheckpointRecipe) -> None:
     """The same tensors in another key order or file split give the same, correct state.
 

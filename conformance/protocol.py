@@ -1,7 +1,8 @@
 """The loader protocol: what ``--loader`` must name, and how the suite calls it.
 
 A loader is any object with ``build(arch, placement)`` and ``load(model, checkpoint)``; optional
-``state(model)``, ``capabilities`` and ``name``.  ``LoaderAdapter`` wraps it once, at start-up,
+``state(model)``, ``capabilities`` and ``name``, and the optional hooks in ``OPTIONAL_HOOKS``
+(a property that needs a hook the loader lacks is reported as not supported).  ``LoaderAdapter`` wraps it once, at start-up,
 so that a malformed loader is a usage error before any example runs, never a traceback in the
 middle of one.
 """
@@ -25,7 +26,16 @@ FEATURES = (
     "fused_expert_checkpoint",
     "fp8_per_tensor",
     "fp8_block",
+    "cuda",
 )
+
+
+# check_loaded(model, loaded): the loader's own completeness check (vLLM's
+#   track_weights_loading): raises naming what was not loaded, silent after a complete load.
+# process_weights_after_loading(model): post-load repacking for inference (vLLM's hook).
+# linear_forward(model, module, x): apply this rank's linear layer ``module`` (a canonical
+#   runtime parameter name without ``.weight``) to ``x`` [B, K_local], giving [B, N_local].
+OPTIONAL_HOOKS = ("state", "check_loaded", "process_weights_after_loading", "linear_forward")
 
 
 class LoaderSpecError(ValueError):
@@ -117,6 +127,12 @@ class LoaderAdapter:
             return dict(model.named_parameters())
         return dict(state_fn(model))
 
+    def hook(self, name: str) -> Callable | None:
+        """The loader's optional hook ``name`` (one of ``OPTIONAL_HOOKS``), or None."""
+        if name not in OPTIONAL_HOOKS:
+            raise ValueError(f"unknown hook {name!r}")
+        return getattr(self.target, name, None)
+
 
 def resolve_loader(spec: str) -> LoaderAdapter:
     """Import ``MODULE[:ATTR]`` and check it implements the protocol."""
@@ -152,8 +168,9 @@ def resolve_loader(spec: str) -> LoaderAdapter:
             f"--loader={spec!r}: {target!r} lacks callable {' and '.join(missing)}(); "
             "a loader needs build(arch, placement) and load(model, checkpoint)"
         )
-    state = getattr(target, "state", None)
-    if state is not None and not callable(state):
-        raise LoaderSpecError(f"--loader={spec!r}: state must be callable")
+    for hook in OPTIONAL_HOOKS:
+        value = getattr(target, hook, None)
+        if value is not None and not callable(value):
+            raise LoaderSpecError(f"--loader={spec!r}: {hook} must be callable")
     caps = Capabilities.coerce(getattr(target, "capabilities", None))
     return LoaderAdapter(spec=spec, target=target, capabilities=caps)

@@ -25,6 +25,7 @@ PROPERTIES = (
     "roundtrip",
     "tracking",
     "missing_tensor",
+    "check_loaded",
     "invariance",
     "checkpoint_unchanged",
     "reload",
@@ -32,6 +33,12 @@ PROPERTIES = (
     "all_ranks",
 )
 LORA_FAMILIES = ("llama", "qwen3_moe", "qwen2_moe")
+FP8_FAMILIES = {  # family -> the FP8 methods its checkpoints come in
+    "llama": ("fp8_per_tensor", "fp8_block"),
+    "qwen3_moe": ("fp8_per_tensor", "fp8_block"),
+    "qwen2_moe": ("fp8_per_tensor", "fp8_block"),
+    "deepseek_v32": ("fp8_block",),
+}
 MAX_RANKS = 8  # all_ranks loads every rank: keep one example to a few dozen loads
 
 
@@ -49,10 +56,14 @@ class Example:
         return cls(data["property"], Case.from_dict(data["case"]), dict(data.get("extras", {})))
 
 
-def draw_example(data: st.DataObject, prop: str, family: str, caps: Capabilities) -> Example:
+def draw_example(
+    data: st.DataObject, prop: str, family: str, caps: Capabilities, device: str = "cpu"
+) -> Example:
     """Draw the case and the property's own extras, labelled so Hypothesis prints them."""
     max_ranks = MAX_RANKS if prop == "all_ranks" else None
     case = data.draw(cases(family, caps, max_ranks), label="case")
+    if device != "cpu":
+        case = replace(case, placement=replace(case.placement, device=device))
     extras: dict[str, Any] = {}
     if prop == "lora_equivalence" and case.arch.lora is None:
         lora = data.draw(loras(moe=case.arch.moe is not None), label="lora")
@@ -60,6 +71,10 @@ def draw_example(data: st.DataObject, prop: str, family: str, caps: Capabilities
     elif prop == "missing_tensor":
         needed = properties.needed_tensors(case)
         extras["dropped"] = data.draw(st.sampled_from(needed), label="dropped tensor")
+    elif prop == "check_loaded":
+        needed = properties.needed_tensors(case)
+        dropped = st.none() | st.sampled_from(needed)
+        extras["dropped"] = data.draw(dropped, label="dropped tensor (None: complete)")
     elif prop == "invariance":
         sharded = caps.supports("sharded_checkpoint")
         other = data.draw(relayouts(case.recipe, sharded=sharded), label="second layout")
@@ -108,6 +123,8 @@ def run_example(loader: LoaderAdapter, example: Example) -> str | None:
         for name in [dropped] if dropped else properties.needed_tensors(case):
             note = properties.missing_tensor(loader, case, name)
         return note
+    if prop == "check_loaded":
+        return properties.check_loaded(loader, case, extras.get("dropped"))
     if prop == "invariance":
         files = extras.get("second_layout") or [list(reversed(case.recipe.names))]
         other = CheckpointRecipe(case.recipe.value_seed, files, case.recipe.format)

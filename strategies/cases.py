@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import strategies as st
 
 from conformance.protocol import Capabilities
 from fixtures.case import Case
 
-from .archs import ARCH_STRATEGIES
+from .archs import ARCH_STRATEGIES, quants
 from .checkpoints import checkpoint_recipes
 from .placements import placements, pp_sizes, tp_sizes
 
@@ -34,3 +36,17 @@ def cases(
         )
     )
     return Case(arch, placement, recipe)
+
+
+@st.composite
+def fp8_cases(draw, family: str, capabilities: Capabilities, methods: tuple[str, ...]) -> Case:
+    """A case whose arch is FP8-quantised with one of ``methods`` (for the device checks)."""
+    caps = capabilities
+    case = draw(cases(family, caps))
+    if case.arch.quant is not None and case.arch.quant.method in methods:
+        return case
+    arch = replace(case.arch, quant=draw(quants(case.arch, methods), label="fp8 config"))
+    recipe = draw(
+        checkpoint_recipes(arch, sharded=caps.supports("sharded_checkpoint"), fused_experts=False)
+    )
+    return Case(arch, case.placement, recipe)

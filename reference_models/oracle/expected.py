@@ -9,7 +9,7 @@ parameters depend on a given checkpoint tensor.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -120,3 +120,28 @@ def expected_state(
                 value[piece.dst] = source_view(tensors, piece.source)[piece.src].to(value.dtype)
         params[name] = ExpectedParam(name, value, tuple(pieces))
     return Expected(params)
+
+
+def dequantized_weights(
+    arch, placement, tensors: Mapping[str, torch.Tensor], fmt: str = "default"
+) -> dict[str, torch.Tensor]:
+    """Each FP8 runtime weight of the rank, dequantised (float32) before slicing.
+
+    The reference for checks of what a loader computes with its FP8 weights: the same pieces
+    as the weight's rule, each read from the dequantised checkpoint tensor (so a TP split
+    through a block uses that block's scale).
+    """
+    out = {}
+    block = arch.quant.block if arch.quant else None
+    suffix = "weight_scale_inv" if block else "weight_scale"
+    for name, rule in expected_layout(arch, placement, fmt).items():
+        if not (isinstance(rule, InDtype) and rule.dtype == "float8_e4m3fn"):
+            continue
+        shape, pieces = rule.pieces(arch, placement, checkpoint_shapes(arch, fmt))
+        value = torch.zeros(shape, dtype=torch.float32)
+        for piece in pieces:
+            scale = piece.source.name.removesuffix(".weight") + "." + suffix
+            source = replace(piece.source, scale=scale, block=block)
+            value[piece.dst] = source_view(tensors, source)[piece.src]
+        out[name] = value
+    return out
