@@ -26,7 +26,7 @@ from reference_models.reference_loader.layers import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
-from reference_models.reference_loader.tracking import LoadTracker
+from reference_models.reference_loader.tracking import tracker_for
 
 CONV1D_MODULES = ("c_attn", "c_proj", "c_fc")
 MASK_BUFFERS = ("bias", "masked_bias")
@@ -96,6 +96,8 @@ class GPT2LMHeadModel(nn.Module):
             raise ValueError("gpt2 does not support LoRA wrapping in the reference loader")
         if arch.moe is not None:
             raise ValueError("gpt2 has no mixture of experts; arch.moe is set")
+        if arch.quant is not None:
+            raise ValueError("the reference loader has no FP8 gpt2 (the layout defines none)")
         if arch.num_heads * arch.head_dim != arch.hidden_size:
             raise ValueError(
                 f"gpt2 needs num_heads * head_dim == hidden_size, got "
@@ -150,7 +152,7 @@ class GPT2LMHeadModel(nn.Module):
 
         ``c_attn`` arrives fused, so one tensor loads all of q, k and v at once.
         """
-        tracker = LoadTracker(self)
+        tracker = tracker_for(self)
         for name, loaded_weight in weights:
             name = self.normalize_name(name)
             if self.is_skipped(name) or self.is_on_other_rank(name):

@@ -8,18 +8,28 @@ Parameters start as NaN rather than zeros: a zero is a plausible weight (and exa
 vocab padding row must hold), so an entry the loader never wrote must be impossible to mistake
 for one it did.  Loaders raise ``ValueError`` on a checkpoint tensor of the wrong shape instead of
 ``assert``-ing, so the check survives ``python -O``.
+
+FP8 (docs/runtime-layout.md, "FP8 quantisation"): a linear layer built with a ``quant`` holds its
+weight in ``float8_e4m3fn`` with the same layout, plus its scales as parameters of their own, each
+with its own ``weight_loader`` as vLLM's ``PerTensorScaleParameter`` / ``BlockQuantScaleParameter``
+do.  Every linear layer describes the checkpoint pieces it holds (``row_pieces``: which rows of
+which checkpoint shard land where; ``col_piece``: which columns), and the scale loaders, the
+block-cover rule, dequantisation and post-processing are all written once on top of that.
 """
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Hashable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from reference_models.arch import Placement
+from reference_models.arch import Placement, Quant
 
 VOCAB_PADDING = 64
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+SCALE_DTYPE = torch.float32
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:
@@ -76,13 +86,60 @@ def default_weight_loader(
     param.data.copy_(loaded_weight)
 
 
-class _TPLayer(nn.Module):
-    """Remembers this rank's TP coordinates, taken from the ``Placement`` it was built for."""
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
-    def __init__(self, placement: Placement, dtype: torch.dtype) -> None:
+
+def block_cover(start: int, size: int, block: int) -> tuple[int, int]:
+    """(first block, number of blocks) of the blocks of ``block`` that cover ``[start, start+size)``.
+
+    A piece cut through a block by the TP split still needs that whole block's scale, so two ranks
+    may both hold it (docs/runtime-layout.md, the block-cover rule).
+    """
+    first = start // block
+    return first, ceil_div(start + size, block) - first
+
+
+def block_expand(scales: torch.Tensor, block: Sequence[int], rows: tuple[int, int], cols: tuple[int, int]):
+    """The per-element scales of weight rows ``[a, a+n)`` and columns ``[c, c+k)`` of a checkpoint
+    weight, from the covering scale blocks ``scales`` (whose first block is ``a // bn``, ``c // bk``)."""
+    bn, bk = block
+    (a, n), (c, k) = rows, cols
+    full = scales.repeat_interleave(bn, 0).repeat_interleave(bk, 1)
+    r0, c0 = a - (a // bn) * bn, c - (c // bk) * bk
+    return full[r0 : r0 + n, c0 : c0 + k]
+
+
+class RowPiece(NamedTuple):
+    """Rows ``[start, start+size)`` of checkpoint shard ``shard`` (``full`` rows in all) sit at
+    rows ``[offset, offset+size)`` of this rank's weight."""
+
+    shard: Hashable
+    full: int
+    start: int
+    size: int
+    offset: int
+
+
+class ColPiece(NamedTuple):
+    """Columns ``[start, start+size)`` of the checkpoint weight's ``full`` columns."""
+
+    full: int
+    start: int
+    size: int
+
+
+class _TPLayer(nn.Module):
+    """Remembers this rank's TP coordinates, taken from the ``Placement`` it was built for.
+
+    ``disable_tp`` builds the layer as if ``tp_size`` were 1 (vLLM's ``disable_tp``): every rank
+    holds it whole.
+    """
+
+    def __init__(self, placement: Placement, dtype: torch.dtype, disable_tp: bool = False) -> None:
         super().__init__()
-        self.tp_rank = placement.tp_rank
-        self.tp_size = placement.tp_size
+        self.tp_rank = 0 if disable_tp else placement.tp_rank
+        self.tp_size = 1 if disable_tp else placement.tp_size
         self.dtype = dtype
         self.device = placement.device
 
@@ -93,16 +150,181 @@ class _TPLayer(nn.Module):
         raise NotImplementedError
 
 
-class ColumnParallelLinear(_TPLayer):
+class LinearBase(_TPLayer):
+    """What every linear layer shares: the weight (FP8 or not), its scales, dequantisation.
+
+    Subclasses set their sizes, then call ``create_weights``; they describe their checkpoint
+    pieces with ``row_pieces()`` / ``col_piece()`` and load the weight with ``weight_loader``.
+    ``quant`` is None for a layer whose checkpoint modules are not quantised (ignored ones too).
+    """
+
+    quant: Quant | None = None
+    shard_order: tuple[Hashable, ...] = (None,)
+
+    def row_pieces(self) -> list[RowPiece]:
+        raise NotImplementedError
+
+    def col_piece(self) -> ColPiece:
+        raise NotImplementedError
+
+    def _piece(self, shard_id) -> RowPiece:
+        for piece in self.row_pieces():
+            if piece.shard == shard_id:
+                return piece
+        raise ValueError(f"{type(self).__name__} has no shard {shard_id!r}")
+
+    def create_weights(
+        self, rows: int, cols: int, shard_ids, bias: bool, quant: Quant | None,
+        weight_loader=None, bias_rows: int | None = None, bias_loader=None, bias_shard_ids=None,
+    ) -> None:
+        self.quant = quant
+        self.shard_order = tuple(shard_ids) if shard_ids else (None,)
+        self.weight = new_parameter(
+            (rows, cols), FP8 if quant is not None else self.dtype, self.device,
+            weight_loader or self.weight_loader, shard_ids,
+        )
+        if quant is not None and quant.method == "fp8_per_tensor":
+            shape = (len(self.shard_order),)
+            self.weight_scale = new_parameter(
+                shape, SCALE_DTYPE, self.device, self.weight_scale_loader, shard_ids
+            )
+            if quant.activation_scheme == "static":
+                self.input_scale = new_parameter(
+                    shape, SCALE_DTYPE, self.device, self.input_scale_loader, shard_ids
+                )
+        elif quant is not None:
+            bn, bk = quant.block
+            block_rows = sum(block_cover(p.start, p.size, bn)[1] for p in self.row_pieces())
+            col = self.col_piece()
+            self.weight_scale_inv = new_parameter(
+                (block_rows, block_cover(col.start, col.size, bk)[1]), SCALE_DTYPE, self.device,
+                self.block_scale_loader, shard_ids,
+            )
+        if bias:
+            self.bias = new_parameter(
+                (rows if bias_rows is None else bias_rows,), self.dtype, self.device,
+                bias_loader or self.weight_loader,
+                shard_ids if bias_shard_ids is None else bias_shard_ids,
+            )
+        else:
+            self.bias = None
+
+    # -- scale loaders (PerTensorScaleParameter / BlockQuantScaleParameter) ------------------
+
+    def _scale_index(self, shard_id) -> int:
+        if shard_id not in self.shard_order:
+            raise ValueError(f"{type(self).__name__} has no scale for shard {shard_id!r}")
+        return self.shard_order.index(shard_id)
+
+    @torch.no_grad()
+    def weight_scale_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
+        """A per-tensor scale ``[]``: not sharded, it lands in its shard's entry on every rank."""
+        if loaded_weight.numel() != 1:
+            raise ValueError(
+                f"per-tensor scale: checkpoint tensor has shape {tuple(loaded_weight.shape)}, "
+                "expected []"
+            )
+        param.data[self._scale_index(loaded_shard_id)].copy_(loaded_weight.reshape(()))
+
+    input_scale_loader = weight_scale_loader
+
+    @torch.no_grad()
+    def block_scale_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
+        """``weight_scale_inv`` ``[ceil(N/bn), ceil(K/bk)]``: this rank keeps the blocks that
+        cover its piece of the weight, stacked in shard order."""
+        bn, bk = self.quant.block
+        col = self.col_piece()
+        offset = 0
+        for piece in self.row_pieces():
+            r0, nr = block_cover(piece.start, piece.size, bn)
+            if piece.shard == loaded_shard_id:
+                check_shape(
+                    loaded_weight, (ceil_div(piece.full, bn), ceil_div(col.full, bk)),
+                    f"block scale of shard {loaded_shard_id!r}",
+                )
+                c0, nc = block_cover(col.start, col.size, bk)
+                param.data.narrow(0, offset, nr).copy_(loaded_weight[r0 : r0 + nr, c0 : c0 + nc])
+                return
+            offset += nr
+        raise ValueError(f"{type(self).__name__} has no block scale for shard {loaded_shard_id!r}")
+
+    # -- inference-side views ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def dequantized_weight(self) -> torch.Tensor:
+        """This rank's weight in the model dtype (FP8 dequantised as the doc defines it)."""
+        weight = self.weight.data
+        if self.quant is None:
+            return weight.to(self.dtype)
+        out = weight.float()
+        if self.quant.method == "fp8_per_tensor":
+            scale = self.weight_scale.data.float().reshape(-1)
+            if scale.numel() == 1:  # one scale for all (after process_weights_after_loading)
+                out = out * scale[0]
+            else:
+                for k, piece in enumerate(self.row_pieces()):
+                    rows = slice(piece.offset, piece.offset + piece.size)
+                    out[rows] = out[rows] * scale[self._scale_index(piece.shard)]
+            return out.to(self.dtype)
+        col = self.col_piece()
+        bn, _ = self.quant.block
+        offset = 0
+        for piece in self.row_pieces():
+            _, nr = block_cover(piece.start, piece.size, bn)
+            scales = self.weight_scale_inv.data[offset : offset + nr].float()
+            rows = slice(piece.offset, piece.offset + piece.size)
+            out[rows] = out[rows] * block_expand(
+                scales, self.quant.block, (piece.start, piece.size), (col.start, col.size)
+            )
+            offset += nr
+        return out.to(self.dtype)
+
+    @torch.no_grad()
+    def forward_float(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T (+ bias)`` in float32 from the dequantised weight; ``x`` is ``[B, K_local]``."""
+        weight = self.dequantized_weight().float().to(x.device)
+        out = x.float() @ weight.t()
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            out = out + bias.data.float().to(x.device)
+        return out
+
+    @torch.no_grad()
+    def process_weights_after_loading(self) -> None:
+        """vLLM's FP8 post-processing: a fused per-tensor layer is requantised to the max of its
+        shard scales and keeps one scale (and one input scale); everything else stays as is."""
+        if self.quant is None or self.quant.method != "fp8_per_tensor":
+            return
+        if len(self.shard_order) < 2 or self.weight_scale.numel() == 1:
+            return
+        scales = self.weight_scale.data.float()
+        max_scale = scales.max()
+        weight = self.weight.data
+        for piece in self.row_pieces():
+            rows = slice(piece.offset, piece.offset + piece.size)
+            dq = weight[rows].float() * scales[self._scale_index(piece.shard)]
+            weight[rows] = (dq / max_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        self.weight_scale = nn.Parameter(max_scale.clone(), requires_grad=False)
+        if getattr(self, "input_scale", None) is not None:
+            self.input_scale = nn.Parameter(self.input_scale.data.max().clone(), requires_grad=False)
+
+
+class ColumnParallelLinear(LinearBase):
     """Output dimension (dim 0 of weight and bias) split into contiguous blocks, one per rank."""
 
-    def __init__(self, input_size, output_size, bias, placement, dtype) -> None:
+    def __init__(self, input_size, output_size, bias, placement, dtype, *, quant=None) -> None:
         super().__init__(placement, dtype)
         self.input_size = input_size
         self.output_size = output_size
         self.output_size_per_partition = divide(output_size, self.tp_size, "column-parallel output")
-        self.weight = self._param((self.output_size_per_partition, input_size))
-        self.bias = self._param((self.output_size_per_partition,)) if bias else None
+        self.create_weights(self.output_size_per_partition, input_size, None, bias, quant)
+
+    def row_pieces(self) -> list[RowPiece]:
+        size = self.output_size_per_partition
+        return [RowPiece(None, self.output_size, self.tp_rank * size, size, 0)]
+
+    def col_piece(self) -> ColPiece:
+        return ColPiece(self.input_size, 0, self.input_size)
 
     @torch.no_grad()
     def weight_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
@@ -113,15 +335,18 @@ class ColumnParallelLinear(_TPLayer):
         param.data.copy_(loaded_weight.narrow(0, self.tp_rank * size, size))
 
 
-class MergedColumnParallelLinear(_TPLayer):
+class MergedColumnParallelLinear(LinearBase):
     """Several column-parallel outputs (``gate_up_proj``: shard 0 gate, 1 up) fused per rank.
 
     Each rank's rows are ``[piece0_r | piece1_r | ...]``: every piece is sharded on its own, then
     concatenated, so a rank never holds a contiguous slice of the *concatenated* checkpoint.
     """
 
-    def __init__(self, input_size, output_sizes: Sequence[int], bias, placement, dtype) -> None:
-        super().__init__(placement, dtype)
+    def __init__(
+        self, input_size, output_sizes: Sequence[int], bias, placement, dtype, *,
+        quant=None, disable_tp: bool = False,
+    ) -> None:
+        super().__init__(placement, dtype, disable_tp)
         self.input_size = input_size
         self.output_sizes = tuple(output_sizes)
         self.sizes_per_partition = tuple(
@@ -130,8 +355,17 @@ class MergedColumnParallelLinear(_TPLayer):
         )
         shards = tuple(range(len(self.output_sizes)))
         rows = sum(self.sizes_per_partition)
-        self.weight = self._param((rows, input_size), shard_ids=shards)
-        self.bias = self._param((rows,), shard_ids=shards) if bias else None
+        self.create_weights(rows, input_size, shards, bias, quant)
+
+    def row_pieces(self) -> list[RowPiece]:
+        pieces, offset = [], 0
+        for shard, (full, size) in enumerate(zip(self.output_sizes, self.sizes_per_partition)):
+            pieces.append(RowPiece(shard, full, self.tp_rank * size, size, offset))
+            offset += size
+        return pieces
+
+    def col_piece(self) -> ColPiece:
+        return ColPiece(self.input_size, 0, self.input_size)
 
     @torch.no_grad()
     def weight_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
@@ -150,7 +384,7 @@ class MergedColumnParallelLinear(_TPLayer):
         param.data.narrow(0, offset, size).copy_(loaded_weight.narrow(0, self.tp_rank * size, size))
 
 
-class QKVParallelLinear(_TPLayer):
+class QKVParallelLinear(LinearBase):
     """Fused q/k/v projection; rows on a rank are ``[q_r | k_r | v_r]``.
 
     With more ranks than kv heads (GQA replication) every rank still needs a whole kv head, so
@@ -158,7 +392,8 @@ class QKVParallelLinear(_TPLayer):
     """
 
     def __init__(
-        self, hidden_size, head_dim, total_num_heads, total_num_kv_heads, bias, placement, dtype
+        self, hidden_size, head_dim, total_num_heads, total_num_kv_heads, bias, placement, dtype,
+        *, quant=None,
     ) -> None:
         super().__init__(placement, dtype)
         self.hidden_size = hidden_size
@@ -173,9 +408,17 @@ class QKVParallelLinear(_TPLayer):
             self.num_kv_heads = divide(total_num_kv_heads, self.tp_size, "kv heads per rank")
             self.kv_replicas = 1
         rows = (self.num_heads + 2 * self.num_kv_heads) * head_dim
-        shards = ("q", "k", "v")
-        self.weight = self._param((rows, hidden_size), shard_ids=shards)
-        self.bias = self._param((rows,), shard_ids=shards) if bias else None
+        self.create_weights(rows, hidden_size, ("q", "k", "v"), bias, quant)
+
+    def row_pieces(self) -> list[RowPiece]:
+        pieces = []
+        for shard in ("q", "k", "v"):
+            full, size, offset, start = self._shard_geometry(shard)
+            pieces.append(RowPiece(shard, full, start, size, offset))
+        return pieces
+
+    def col_piece(self) -> ColPiece:
+        return ColPiece(self.hidden_size, 0, self.hidden_size)
 
     def _shard_geometry(self, shard_id) -> tuple[int, int, int, int]:
         """(full checkpoint rows, rows on this rank, offset in param, start in checkpoint)."""
@@ -204,17 +447,26 @@ class QKVParallelLinear(_TPLayer):
         param.data.narrow(0, offset, size).copy_(loaded_weight.narrow(0, start, size))
 
 
-class RowParallelLinear(_TPLayer):
+class RowParallelLinear(LinearBase):
     """Input dimension (dim 1) split per rank; the bias is added once after the all-reduce, so
     every rank holds all of it."""
 
-    def __init__(self, input_size, output_size, bias, placement, dtype) -> None:
+    def __init__(self, input_size, output_size, bias, placement, dtype, *, quant=None) -> None:
         super().__init__(placement, dtype)
         self.input_size = input_size
         self.output_size = output_size
         self.input_size_per_partition = divide(input_size, self.tp_size, "row-parallel input")
-        self.weight = self._param((output_size, self.input_size_per_partition))
-        self.bias = self._param((output_size,), loader=default_weight_loader) if bias else None
+        self.create_weights(
+            output_size, self.input_size_per_partition, None, bias, quant,
+            bias_loader=default_weight_loader,
+        )
+
+    def row_pieces(self) -> list[RowPiece]:
+        return [RowPiece(None, self.output_size, 0, self.output_size, 0)]
+
+    def col_piece(self) -> ColPiece:
+        size = self.input_size_per_partition
+        return ColPiece(self.input_size, self.tp_rank * size, size)
 
     @torch.no_grad()
     def weight_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
@@ -285,12 +537,48 @@ class PPMissingLayer(nn.Module):
     parameter names (``model.layers.5.…`` stays 5 on the rank that holds layers 4..7)."""
 
 
-class ReplicatedLinear(_TPLayer):
-    """A linear layer every rank holds whole (MoE router ``mlp.gate``, ``shared_expert_gate``)."""
+class ReplicatedLinear(LinearBase):
+    """A linear layer every rank holds whole (MoE router ``mlp.gate``, ``shared_expert_gate``,
+    the indexer's ``wq_b``)."""
 
-    def __init__(self, input_size, output_size, bias, placement, dtype) -> None:
+    def __init__(self, input_size, output_size, bias, placement, dtype, *, quant=None) -> None:
         super().__init__(placement, dtype)
         self.input_size = input_size
         self.output_size = output_size
-        self.weight = self._param((output_size, input_size), loader=default_weight_loader)
-        self.bias = self._param((output_size,), loader=default_weight_loader) if bias else None
+        self.create_weights(
+            output_size, input_size, None, bias, quant,
+            weight_loader=default_weight_loader, bias_loader=default_weight_loader,
+        )
+
+    def row_pieces(self) -> list[RowPiece]:
+        return [RowPiece(None, self.output_size, 0, self.output_size, 0)]
+
+    def col_piece(self) -> ColPiece:
+        return ColPiece(self.input_size, 0, self.input_size)
+
+
+class MergedReplicatedLinear(MergedColumnParallelLinear):
+    """Several outputs fused on rows and held whole by every rank (vLLM's ``disable_tp=True``;
+    ``deepseek_v32``'s ``fused_qkv_a_proj``)."""
+
+    def __init__(self, input_size, output_sizes, bias, placement, dtype, *, quant=None) -> None:
+        super().__init__(
+            input_size, output_sizes, bias, placement, dtype, quant=quant, disable_tp=True
+        )
+
+
+def layer_quant(arch, modules: Sequence[str]) -> Quant | None:
+    """The ``Quant`` a runtime layer built from checkpoint ``modules`` is created with.
+
+    A fused layer (q/k/v, gate/up, all experts of a FusedMoE) is one FP8 layer or none: its
+    checkpoint modules are quantised or ignored together, anything else cannot be built.
+    """
+    flags = {arch.fp8(module) for module in modules}
+    if len(flags) > 1:
+        quantised = sorted(m for m in modules if arch.fp8(m))
+        ignored = sorted(m for m in modules if not arch.fp8(m))
+        raise ValueError(
+            f"a fused layer must be quantised or ignored whole: {quantised} are FP8, "
+            f"{ignored} ignored"
+        )
+    return arch.quant if flags and flags.pop() else None

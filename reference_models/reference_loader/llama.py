@@ -25,22 +25,25 @@ from reference_models.reference_loader.layers import (
     RMSNorm,
     RowParallelLinear,
     VocabParallelEmbedding,
+    layer_quant,
 )
 from reference_models.reference_loader.lora import wrap_lora
-from reference_models.reference_loader.tracking import LoadTracker
+from reference_models.reference_loader.tracking import LoadTracker, tracker_for
 
 ROTARY_BUFFERS = ("inv_freq", "cos_cached", "sin_cached")
 
 
 class LlamaAttention(nn.Module):
     """``qkv_bias``/``o_bias`` default to ``arch.attention_bias``, ``head_dim`` to
-    ``arch.head_dim``."""
+    ``arch.head_dim``.  ``prefix`` is the checkpoint module name (``model.layers.{i}.self_attn``),
+    which decides FP8 (``arch.fp8``) layer by layer."""
 
     def __init__(
         self,
         arch: Arch,
         placement: Placement,
         *,
+        prefix: str = "",
         head_dim: int | None = None,
         qkv_bias: bool | None = None,
         o_bias: bool | None = None,
@@ -53,33 +56,40 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = QKVParallelLinear(
             arch.hidden_size, head_dim, arch.num_heads, arch.num_kv_heads, qkv_bias,
             placement, dtype,
+            quant=layer_quant(arch, [f"{prefix}.{p}_proj" for p in "qkv"]),
         )
         self.o_proj = RowParallelLinear(
-            arch.num_heads * head_dim, arch.hidden_size, o_bias, placement, dtype
+            arch.num_heads * head_dim, arch.hidden_size, o_bias, placement, dtype,
+            quant=layer_quant(arch, [f"{prefix}.o_proj"]),
         )
 
 
 class LlamaMLP(nn.Module):
     """Gated MLP; ``intermediate_size`` defaults to ``arch.intermediate_size`` (a shared expert
-    passes its own)."""
+    passes its own).  ``prefix``: the checkpoint module name (``model.layers.{i}.mlp``)."""
 
     def __init__(
-        self, arch: Arch, placement: Placement, intermediate_size: int | None = None
+        self, arch: Arch, placement: Placement, intermediate_size: int | None = None,
+        *, prefix: str = "",
     ) -> None:
         super().__init__()
         dtype = arch.torch_dtype
         size = arch.intermediate_size if intermediate_size is None else intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
-            arch.hidden_size, [size] * 2, False, placement, dtype
+            arch.hidden_size, [size] * 2, False, placement, dtype,
+            quant=layer_quant(arch, [f"{prefix}.gate_proj", f"{prefix}.up_proj"]),
         )
-        self.down_proj = RowParallelLinear(size, arch.hidden_size, False, placement, dtype)
+        self.down_proj = RowParallelLinear(
+            size, arch.hidden_size, False, placement, dtype,
+            quant=layer_quant(arch, [f"{prefix}.down_proj"]),
+        )
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, arch: Arch, placement: Placement) -> None:
+    def __init__(self, arch: Arch, placement: Placement, prefix: str = "") -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(arch, placement)
-        self.mlp = LlamaMLP(arch, placement)
+        self.self_attn = LlamaAttention(arch, placement, prefix=f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(arch, placement, prefix=f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(arch.hidden_size, placement, arch.torch_dtype)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, placement, arch.torch_dtype)
 
@@ -96,7 +106,7 @@ class LlamaModel(nn.Module):
         dtype = arch.torch_dtype
         if make_layer is None:
             def make_layer(arch, placement, index):
-                return LlamaDecoderLayer(arch, placement)
+                return LlamaDecoderLayer(arch, placement, f"model.layers.{index}")
         needs_embedding = placement.is_first_pp_rank or (
             arch.tie_word_embeddings and placement.is_last_pp_rank
         )
@@ -156,7 +166,7 @@ class LlamaForCausalLM(nn.Module):
 
     def make_layer(self, arch: Arch, placement: Placement, index: int) -> nn.Module:
         """The decoder layer of global index ``index`` (only called for this rank's layers)."""
-        return LlamaDecoderLayer(arch, placement)
+        return LlamaDecoderLayer(arch, placement, f"model.layers.{index}")
 
     # -- routing hooks: override one to build a mutant ------------------------------------------
 
@@ -191,8 +201,11 @@ class LlamaForCausalLM(nn.Module):
     # -------------------------------------------------------------------------------------------
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load a checkpoint stream; return the runtime names every shard of which was loaded."""
-        tracker = LoadTracker(self)
+        """Load a checkpoint stream; return the runtime names every shard of which was loaded.
+
+        Within ``ReferenceLoader.load`` (one call per checkpoint file) the shard record spans all
+        calls of the load; a bare call tracks on its own (``tracker_for``)."""
+        tracker = tracker_for(self)
         for name, loaded_weight in weights:
             if self.is_skipped(name) or self.is_on_other_rank(name):
                 continue

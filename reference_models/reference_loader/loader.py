@@ -2,25 +2,58 @@
 
 It is an independent implementation of docs/runtime-layout.md, deliberately sharing no mapping
 code with the oracle, so that the two can only agree when both read the document the same way.
+
+``load`` calls the model's ``load_weights`` once per checkpoint file (index order, each file in
+its stored order), as a loader that re-enters per file does; the calls share one shard record
+(``load_session``), so state a model keeps between calls is really exercised.  Optional hooks:
+``check_loaded`` (vLLM's ``track_weights_loading`` without any exemption),
+``process_weights_after_loading`` and ``linear_forward``.
 """
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
 import torch
+from torch import nn
 
 from conformance.protocol import Capabilities
 from reference_models.arch import Arch, Placement
+from reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
 from reference_models.reference_loader.gpt2 import GPT2LMHeadModel
 from reference_models.reference_loader.llama import LlamaForCausalLM
+from reference_models.reference_loader.lora import LoRAWrapper
 from reference_models.reference_loader.qwen2_moe import Qwen2MoeForCausalLM
 from reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
+from reference_models.reference_loader.tracking import load_session
 
 MODELS = {
     "llama": LlamaForCausalLM,
     "gpt2": GPT2LMHeadModel,
     "qwen3_moe": Qwen3MoeForCausalLM,
     "qwen2_moe": Qwen2MoeForCausalLM,
+    "deepseek_v32": DeepseekV32ForCausalLM,
 }
+
+
+def stored_names(file: Path) -> list[str]:
+    """Tensor names of one safetensors file in the order their bytes are laid out."""
+    with open(file, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
+
+
+def read_file(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        for name in stored_names(file):
+            yield name, f.get_tensor(name)
 
 
 class ReferenceLoader:
@@ -38,11 +71,58 @@ class ReferenceLoader:
         return model_cls(arch, placement)
 
     def load(self, model: torch.nn.Module, checkpoint) -> set[str]:
-        return model.load_weights(checkpoint.weights())
+        """One ``load_weights`` call per checkpoint file, in index order; the union of what they
+        report (a parameter is reported once all its pieces arrived, in whichever calls)."""
+        files = getattr(checkpoint, "files", None)
+        loaded: set[str] = set()
+        with load_session(model):
+            if files is None:  # a bare stream of (name, tensor)
+                return set(model.load_weights(checkpoint.weights()))
+            for file in files():
+                loaded |= set(model.load_weights(read_file(file)))
+        return loaded
 
     def state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The base weights of this rank: LoRA A/B are buffers, so never listed here."""
         return dict(model.named_parameters())
+
+    # -- optional hooks ------------------------------------------------------------------------
+
+    def check_loaded(self, model: torch.nn.Module, loaded) -> None:
+        """Raise when a runtime parameter of this rank was not initialised from the checkpoint.
+
+        vLLM's ``track_weights_loading``, with no exemption: a scale or bias of an FP8 module is
+        checked like any other parameter (vLLM PR #41086 exempted whole quantised modules)."""
+        missing = sorted(set(dict(model.named_parameters())) - set(loaded))
+        if missing:
+            raise ValueError(f"Following weights were not initialized from checkpoint: {missing}")
+
+    def process_weights_after_loading(self, model: torch.nn.Module) -> None:
+        """vLLM-like post-processing for inference: each layer that has it repacks itself (FP8
+        per-tensor fused layers requantised to one scale; everything else unchanged)."""
+        for module in list(model.modules()):
+            if module is model:
+                continue
+            process = getattr(module, "process_weights_after_loading", None)
+            if callable(process):
+                process()
+
+    def linear_forward(self, model: torch.nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+        """This rank's linear layer ``name`` applied to ``x`` ``[B, K_local]`` in float32 from the
+        dequantised weight (+ bias); the LoRA delta is zero, so a wrapper applies its base."""
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{name!r} is no module of this model") from None
+        if isinstance(module, LoRAWrapper):
+            module = module.base_layer
+        forward = getattr(module, "forward_float", None)
+        if forward is not None:
+            return forward(x)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() == 2:  # embeddings, lm_head
+            return x.float() @ weight.data.float().to(x.device).t()
+        raise ValueError(f"{name!r} is not a linear layer")
 
 
 loader = ReferenceLoader()

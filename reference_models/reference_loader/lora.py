@@ -20,6 +20,9 @@ from reference_models.reference_loader.layers import (
 )
 from reference_models.reference_loader.moe import FusedMoE
 
+# The weight matrices that get an adapter (never biases or scales).
+LORA_WEIGHTS = ("weight", "w13_weight", "w2_weight")
+
 # target -> (the module's attribute name, the layer class wrapped)
 LORA_MODULES: dict[str, tuple[str, type]] = {
     "qkv": ("qkv_proj", QKVParallelLinear),
@@ -44,10 +47,11 @@ class LoRAWrapper(nn.Module):
         self.base_layer = base_layer
         self.rank = rank
         for name, p in list(base_layer.named_parameters(recurse=False)):
-            if p.dim() < 2:
-                continue  # biases have no adapter
+            if name not in LORA_WEIGHTS:
+                continue  # biases and FP8 scales have no adapter; scales stay in base_layer
             *batch, out, inp = p.shape
-            kw = {"dtype": p.dtype, "device": p.device}
+            # The adapter is in the model dtype even over an FP8 base weight.
+            kw = {"dtype": getattr(base_layer, "dtype", p.dtype), "device": p.device}
             self.register_buffer(f"lora_a_{name}", torch.zeros(*batch, rank, inp, **kw))
             self.register_buffer(f"lora_b_{name}", torch.zeros(*batch, out, rank, **kw))
 

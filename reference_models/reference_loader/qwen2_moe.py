@@ -17,9 +17,12 @@ from reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM, Qwe
 
 
 class Qwen2MoeSparseMoeBlock(Qwen3MoeSparseMoeBlock):
-    def __init__(self, arch: Arch, placement: Placement) -> None:
-        super().__init__(arch, placement)
-        self.shared_expert = LlamaMLP(arch, placement, arch.moe.shared_expert_intermediate_size)
+    def __init__(self, arch: Arch, placement: Placement, prefix: str = "") -> None:
+        super().__init__(arch, placement, prefix)
+        self.shared_expert = LlamaMLP(
+            arch, placement, arch.moe.shared_expert_intermediate_size,
+            prefix=f"{prefix}.shared_expert",
+        )
         self.shared_expert_gate = ReplicatedLinear(
             arch.hidden_size, 1, False, placement, arch.torch_dtype
         )
@@ -39,11 +42,11 @@ class Qwen2MoeForCausalLM(Qwen3MoeForCausalLM):
                 f"{arch.hidden_size} / {arch.num_heads}"
             )
 
-    def make_attention(self, arch: Arch, placement: Placement) -> nn.Module:
+    def make_attention(self, arch: Arch, placement: Placement, prefix: str = "") -> nn.Module:
         return LlamaAttention(
-            arch, placement, head_dim=arch.hidden_size // arch.num_heads,
+            arch, placement, prefix=prefix, head_dim=arch.hidden_size // arch.num_heads,
             qkv_bias=True, o_bias=False,
         )
 
-    def make_sparse_block(self, arch: Arch, placement: Placement) -> nn.Module:
-        return Qwen2MoeSparseMoeBlock(arch, placement)
+    def make_sparse_block(self, arch: Arch, placement: Placement, prefix: str = "") -> nn.Module:
+        return Qwen2MoeSparseMoeBlock(arch, placement, prefix)

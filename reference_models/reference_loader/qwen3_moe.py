@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from reference_models.arch import Arch, Placement
-from reference_models.reference_loader.layers import RMSNorm, ReplicatedLinear
+from reference_models.reference_loader.layers import RMSNorm, ReplicatedLinear, layer_quant
 from reference_models.reference_loader.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP
 from reference_models.reference_loader.moe import FusedMoE
-from reference_models.reference_loader.tracking import LoadTracker
+from reference_models.reference_loader.tracking import LoadTracker, tracker_for
 
 # checkpoint projection of one expert -> MoE shard id
 EXPERT_SHARDS = (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2"))
@@ -38,19 +38,28 @@ FUSED_EXPERT_SHARDS = {"gate_up_proj": ("w1", "w3"), "down_proj": ("w2",)}
 
 
 class Qwen3MoeAttention(LlamaAttention):
-    def __init__(self, arch: Arch, placement: Placement) -> None:
-        super().__init__(arch, placement)
+    def __init__(self, arch: Arch, placement: Placement, prefix: str = "") -> None:
+        super().__init__(arch, placement, prefix=prefix)
         self.q_norm = RMSNorm(arch.head_dim, placement, arch.torch_dtype)
         self.k_norm = RMSNorm(arch.head_dim, placement, arch.torch_dtype)
 
 
 class Qwen3MoeSparseMoeBlock(nn.Module):
-    def __init__(self, arch: Arch, placement: Placement) -> None:
+    """``prefix``: the checkpoint module name ``model.layers.{i}.mlp``.  The router is never FP8;
+    the experts are when their per-expert checkpoint modules are (all of them, or none)."""
+
+    def __init__(self, arch: Arch, placement: Placement, prefix: str = "") -> None:
         super().__init__()
         moe, dtype = arch.moe, arch.torch_dtype
         self.gate = ReplicatedLinear(arch.hidden_size, moe.num_experts, False, placement, dtype)
+        expert_modules = [
+            f"{prefix}.experts.{e}.{proj}"
+            for e in range(moe.num_experts)
+            for proj, _ in EXPERT_SHARDS
+        ]
         self.experts = FusedMoE(
-            moe.num_experts, arch.hidden_size, moe.moe_intermediate_size, placement, dtype
+            moe.num_experts, arch.hidden_size, moe.moe_intermediate_size, placement, dtype,
+            quant=layer_quant(arch, expert_modules),
         )
 
 
@@ -72,18 +81,20 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         if arch.moe.shared_expert_intermediate_size:
             raise ValueError(f"family {arch.family!r} has no shared expert")
 
-    def make_attention(self, arch: Arch, placement: Placement) -> nn.Module:
-        return Qwen3MoeAttention(arch, placement)
+    def make_attention(self, arch: Arch, placement: Placement, prefix: str = "") -> nn.Module:
+        return Qwen3MoeAttention(arch, placement, prefix)
 
-    def make_sparse_block(self, arch: Arch, placement: Placement) -> nn.Module:
-        return Qwen3MoeSparseMoeBlock(arch, placement)
+    def make_sparse_block(self, arch: Arch, placement: Placement, prefix: str = "") -> nn.Module:
+        return Qwen3MoeSparseMoeBlock(arch, placement, prefix)
 
     def make_layer(self, arch: Arch, placement: Placement, index: int) -> nn.Module:
+        prefix = f"model.layers.{index}"
         if arch.moe.is_moe_layer(index):
-            mlp = self.make_sparse_block(arch, placement)
-        else:
-            mlp = LlamaMLP(arch, placement)  # dense layer: arch.intermediate_size
-        return MoeDecoderLayer(arch, placement, self.make_attention(arch, placement), mlp)
+            mlp = self.make_sparse_block(arch, placement, f"{prefix}.mlp")
+        else:  # dense layer: arch.intermediate_size
+            mlp = LlamaMLP(arch, placement, prefix=f"{prefix}.mlp")
+        attention = self.make_attention(arch, placement, f"{prefix}.self_attn")
+        return MoeDecoderLayer(arch, placement, attention, mlp)
 
     # -- routing hooks: override one to build a mutant ------------------------------------------
 
@@ -140,7 +151,7 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         A fused expert parameter counts as loaded once every LOCAL expert's shards arrived;
         tensors of experts another ep rank holds are skipped (the weight loader says False).
         """
-        tracker = LoadTracker(self)
+        tracker = tracker_for(self)
         mapping = self.expert_params_mapping()
         per_expert = {weight_name: (param, shard, e) for param, weight_name, shard, e in mapping}
         fused_params = {shard: param for param, _, shard, _ in mapping}

@@ -7,9 +7,13 @@ checkpoint missing ``k_proj`` is reported instead of leaving NaN rows behind a "
 
 from __future__ import annotations
 
-from typing import Hashable
+from contextlib import contextmanager
+from typing import Hashable, Iterator
 
 from torch import nn
+
+# Where ``load_session`` keeps the tracker of the load in progress on the model object.
+SESSION_ATTR = "_reference_load_tracker"
 
 
 class LoadTracker:
@@ -49,3 +53,31 @@ class LoadTracker:
             if shards >= set(param.shard_ids or (None,)):
                 complete.add(name)
         return complete
+
+
+def tracker_for(model: nn.Module) -> LoadTracker:
+    """The tracker of the load in progress on ``model``, or a fresh one for a bare call."""
+    tracker = model.__dict__.get(SESSION_ATTR)
+    return tracker if tracker is not None else LoadTracker(model)
+
+
+@contextmanager
+def load_session(model: nn.Module) -> Iterator[LoadTracker]:
+    """One load made of several ``load_weights`` calls (one per checkpoint file): they share one
+    shard record, so a fused parameter whose shards sit in different files is still complete.
+
+    State a model keeps between calls (``reset_pending``: halves waiting for their partner, such
+    as an FP8 weight whose scale is in a later file) starts empty and is dropped at the end: a
+    half that never met its partner loaded nothing and is never reported.
+    """
+    reset = getattr(model, "reset_pending", None)
+    if reset is not None:
+        reset()
+    tracker = LoadTracker(model)
+    model.__dict__[SESSION_ATTR] = tracker
+    try:
+        yield tracker
+    finally:
+        del model.__dict__[SESSION_ATTR]
+        if reset is not None:
+            reset()
