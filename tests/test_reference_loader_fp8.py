@@ -482,3 +482,27 @@ def test_linear_forward_under_lora_and_deepseek_indexer(tmp_path):
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     torch.testing.assert_close(loader.linear_forward(model, name, x),
                                x.float() @ s[name + ".weight"].float().t())
+
+
+def test_load_calls_load_weights_once_per_file_and_shares_the_shard_record(tmp_path):
+    arch = with_(LLAMA, quant=STATIC)
+    t = quantise(arch, llama_tensors(arch))
+    a = "model.layers.0.self_attn."
+    # q, k and v (and their scales) each in a file of their own
+    names = [n for n in t if not n.startswith((a + "k_proj", a + "v_proj"))]
+    files = [names, [n for n in t if n.startswith(a + "k_proj")],
+             [n for n in t if n.startswith(a + "v_proj")]]
+    ckpt = write_checkpoint(tmp_path / "ckpt", {}, files, t)
+    model = loader.build(arch, Placement.single(arch))
+    calls = []
+    original = model.load_weights
+    model.load_weights = lambda weights: calls.append(1) or original(weights)
+    loaded = loader.load(model, ckpt)
+    assert len(calls) == 3
+    assert_complete(loaded, dict(model.named_parameters()))
+    # a bare load_weights call per file tracks on its own: qkv_proj is never complete in one
+    model = loader.build(arch, Placement.single(arch))
+    bare = set()
+    for names_of_file in files:
+        bare |= model.load_weights((n, t[n]) for n in names_of_file)
+    assert a + "qkv_proj.weight" not in bare and a + "o_proj.weight" in bare

@@ -262,7 +262,7 @@ class LinearBase(_TPLayer):
             if scale.numel() == 1:  # one scale for all (after process_weights_after_loading)
                 out = out * scale[0]
             else:
-                for k, piece in enumerate(self.row_pieces()):
+                for piece in self.row_pieces():
                     rows = slice(piece.offset, piece.offset + piece.size)
                     out[rows] = out[rows] * scale[self._scale_index(piece.shard)]
             return out.to(self.dtype)
