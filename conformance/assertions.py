@@ -89,7 +89,9 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.dtype == torch.bool or a.numel() == 0:
         return torch.equal(a, b)
-    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    return torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
 
 
 def param_mismatches(

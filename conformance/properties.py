@@ -363,4 +363,17 @@ def _mark_covered(covered, state, expected: Expected) -> None:
             if piece.source is None or piece.source.name not in covered:
                 continue
             if same_bits(actual[piece.dst], param.value[piece.dst]):
-                source_view(covered, piece.source)[piece.src] = True
+                source = replace(piece.source, scale=None, block=None)
+                source_view(covered, source)[piece.src] = True
+                if piece.source.scale in covered:  # dequantised at load: its scale is held too
+                    _cover_scale(covered[piece.source.scale], piece.src, piece.source.block)
+
+
+def _cover_scale(mask: torch.Tensor, src: tuple, block: tuple[int, int] | None) -> None:
+    """Mark the scale blocks (or the per-tensor scale) a dequantised weight region used."""
+    if block is None or mask.dim() == 0:
+        mask.fill_(True)
+        return
+    rows, cols = src[-2], src[-1]
+    bn, bk = block
+    mask[rows.start // bn : -(-rows.stop // bn), cols.start // bk : -(-cols.stop // bk)] = True
