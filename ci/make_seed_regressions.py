@@ -14,7 +14,7 @@ from pathlib import Path
 from conformance.casefiles import SCHEMA
 from conformance.runner import Example
 from fixtures.case import Case, CheckpointRecipe
-from reference_models.arch import Arch, LoRA, MoE, Placement
+from reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
 from reference_models.families import family_spec
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "regressions"
@@ -38,6 +38,17 @@ def cases() -> dict[str, tuple[Example, str]]:
         lora=LoRA(("experts", "qkv"), rank=2),
     )
     moe_plain = Arch("qwen3_moe", 8, 3, 4, 2, 2, 8, 100, tie_word_embeddings=True, moe=MoE(4, 2, 4))
+    # FP8 block 3x5 divides neither the weights nor the tp=2 split of q (rows 0:8 | 8:16).
+    llama_fp8 = Arch(
+        "llama", 8, 2, 4, 2, 4, 8, 90, attention_bias=True, dtype="bfloat16",
+        quant=Quant("fp8_block", block=(3, 5)),
+    )
+    glm = Arch(
+        "deepseek_v32", 8, 2, 2, 2, 2, 6, 100, dtype="bfloat16",
+        mla=MLA(q_lora_rank=6, kv_lora_rank=4, qk_nope_head_dim=2, qk_rope_head_dim=2,
+                v_head_dim=3, index_n_heads=2, index_head_dim=4),
+        quant=Quant("fp8_block", block=(3, 5), ignore_key="modules_to_not_convert"),
+    )
     return {
         "seed-38074-jais-conv1d-tied-masks": (
             Example("roundtrip", Case(gpt2, Placement((2,), tp_size=2, tp_rank=1), recipe(gpt2, 2, 38074))),
@@ -74,7 +85,34 @@ def cases() -> dict[str, tuple[Example, str]]:
             "vLLM PR #42944 (the PP half): every rank must skip the layers it does not hold "
             "before indexing its parameters; the FP8 indexer half needs the quantized families",
         ),
+        "seed-41086-fp8-quantized-module-exempted": (
+            Example(
+                "check_loaded",
+                Case(llama_fp8, Placement((2,), tp_size=2, tp_rank=1), recipe(llama_fp8, 2, 41086)),
+                {"dropped": "model.layers.0.self_attn.o_proj.bias"},
+            ),
+            "vLLM PR #41086 (the FP8 half): the completeness check exempted every parameter of a "
+            "quantized module, so a missing bias of an FP8 o_proj went unnoticed",
+        ),
+        "seed-42944-fp8-indexer-pp": (
+            Example(
+                "all_ranks",
+                Case(glm, Placement((1, 1), pp_size=2, pp_rank=1), indexer_recipe(glm, 42944)),
+            ),
+            "vLLM PR #42944 (GLM-5.1-FP8 under PP): the FP8 indexer wk is dequantised and fused "
+            "into wk_weights_proj; ranks without layer 0 must skip it before the parameter lookup "
+            "(the scale is stored before its weight, in another file)",
+        ),
     }
+
+
+def indexer_recipe(arch: Arch, seed: int) -> CheckpointRecipe:
+    """Two files; layer 0's indexer wk scale in the first, its weight in the second."""
+    base = recipe(arch, 2, seed)
+    wk = "model.layers.0.self_attn.indexer.wk."
+    first = [n for n in base.files[0] if n != wk + "weight"]
+    second = [n for n in base.files[1] if n != wk + "weight_scale_inv"]
+    return CheckpointRecipe(seed, (tuple([wk + "weight_scale_inv"] + first), tuple(second + [wk + "weight"])), base.format)
 
 
 def main() -> None:

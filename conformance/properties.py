@@ -159,8 +159,8 @@ def check_loaded(loader: LoaderAdapter, case: Case, dropped: str | None) -> str:
     hook = loader.hook("check_loaded")
     if hook is None:
         raise NotSupported("the loader has no check_loaded(model, loaded) hook")
-    what = f"without {dropped}" if dropped else "complete"
-    title = f"completeness check: check_loaded after a load of the {what} checkpoint"
+    what = f"the checkpoint without {dropped}" if dropped else "the complete checkpoint"
+    title = f"completeness check: check_loaded after loading {what}"
     extra = f"dropped: {dropped}" if dropped else "dropped: nothing"
     recipe = case.recipe.without(dropped) if dropped else None
     with scratch_dir() as path:

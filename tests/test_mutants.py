@@ -27,8 +27,8 @@ def test_mutant_is_caught(mutant, family):
 @pytest.mark.parametrize("prop", PROPERTIES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reference_loader_passes(prop, family):
-    if prop == "lora_equivalence" and family == "gpt2":
-        pytest.skip("gpt2 has no LoRA wrapping")
+    if prop == "lora_equivalence" and family in ("gpt2", "deepseek_v32"):
+        pytest.skip(f"{family} has no LoRA wrapping")
     failure = search(reference, prop, family, max_examples=25)
     assert failure is None, str(failure)
 

@@ -282,8 +282,8 @@ def test_capabilities_and_untracked_loader(loaders):
         [
             "weightcheck: loader llama_untracked (llama only, untracked)",
             "weightcheck: hypothesis profile ci, derandomized (no seed)",
-            "weightcheck: not supported by the loader: gpt2, qwen2_moe, qwen3_moe, attention_bias, "
-            "*, sharded_checkpoint, tensor_parallel, tied_embeddings",
+            "weightcheck: not supported by the loader: deepseek_v32, gpt2, qwen2_moe, qwen3_moe, "
+            "attention_bias, *, sharded_checkpoint, tensor_parallel, tied_embeddings",
         ]
     )
     # Both reasons, in whichever order the short summary lists them.

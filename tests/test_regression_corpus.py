@@ -24,6 +24,8 @@ CAUGHT_BY = {
     "seed-37114-lora-experts-base-layer": ["expert_mapping_without_base_layer"],
     "seed-42716-moe-keyword-ids": ["moe_kwargs_dropped"],
     "seed-42944-pp-skips-other-ranks-layers": ["router_without_pp_guard"],
+    "seed-41086-fp8-quantized-module-exempted": ["quantized_module_exempted"],
+    "seed-42944-fp8-indexer-pp": ["indexer_lookup_before_pp_check", "pending_wk_per_load_call"],
 }
 
 
