@@ -90,14 +90,16 @@ def _fp8_shards(case: Case, state, expected):
 
 
 def scaled_mm_matches(loader: LoaderAdapter, case: Case, batch: int = 16) -> None:
-    """``torch._scaled_mm`` with each loaded per-tensor FP8 shard and its scale equals
-    ``x @ dequant(W).T`` for an FP8 input ``x`` (exact in float64): the only rounding is the
-    bfloat16 output, at most 2**-9 of |x| @ |W|.T, allowed 2**-7 for accumulation order."""
+    """``torch._scaled_mm`` with each loaded per-tensor FP8 shard and its loaded scale equals
+    ``x @ W.T`` for an FP8 input ``x``, W the checkpoint's dequantised weight (the oracle's,
+    exact in float64): the only rounding is the bfloat16 output, at most 2**-9 of
+    |x| @ |W|.T, allowed 2**-7 for accumulation order."""
     if case.arch.quant is None or case.arch.quant.method != "fp8_per_tensor":
         raise ValueError("scaled_mm_matches needs a per-tensor FP8 case")
     title = "scaled matmul: torch._scaled_mm with the loaded FP8 weight and scale is wrong"
     _, state, tensors = _load_on_device(loader, case, title)
     expected = _expected(case, tensors)
+    deq = dequantized_weights(case.arch, case.placement, tensors, case.recipe.format)
     device = torch.device(case.placement.device)
     gen = _generator(case, 1)
     problems = []
@@ -114,7 +116,7 @@ def scaled_mm_matches(loader: LoaderAdapter, case: Case, batch: int = 16) -> Non
             xq.to(device), w16.t(), scale_a=sx.to(device), scale_b=sw, out_dtype=torch.bfloat16
         )[:, :n].double().cpu()
         xd = xq[:, :k].double() * sx.double()
-        wd = w.double().cpu() * float(sw)
+        wd = deq[name][rows].double()
         want = xd @ wd.t()
         bound = 2.0**-7 * (xd.abs() @ wd.abs().t()) + 1e-30
         bad = (got - want).abs() > bound
