@@ -37,6 +37,29 @@ MOE_REACHABLE = {
 GENERATE_ONLY = settings(max_examples=2000, database=None, phases=[Phase.generate])
 
 
+def _q(c):
+    return c.arch.quant
+
+
+def _tp_split_cuts_a_block(c):
+    """Some shard of this rank starts inside a block: the q rows of tp rank r > 0."""
+    q, p = _q(c), c.placement
+    if q is None or q.block is None or p.tp_size == 1 or p.tp_rank == 0:
+        return False
+    return (c.arch.q_size // p.tp_size * p.tp_rank) % q.block[0] != 0
+
+
+FP8_REACHABLE = {
+    "per-tensor static": lambda c: _q(c) is not None and _q(c).activation_scheme == "static",
+    "block dividing neither dim": lambda c: _q(c) is not None and _q(c).block is not None
+    and c.arch.hidden_size % _q(c).block[1] and c.arch.q_size % _q(c).block[0],
+    "TP split through a block": _tp_split_cuts_a_block,
+    "ignored layers": lambda c: _q(c) is not None and bool(_q(c).ignored),
+    "modules_to_not_convert": lambda c: _q(c) is not None and _q(c).ignore_key == "modules_to_not_convert",
+    "FP8 + PP + sharded": lambda c: _q(c) is not None and c.placement.pp_size > 1 and len(c.recipe.files) > 1,
+}
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("what", list(REACHABLE))
 def test_feature_is_reachable(family, what):
@@ -51,6 +74,24 @@ def test_moe_feature_is_reachable(family, what):
     find(cases(family), MOE_REACHABLE[what], settings=GENERATE_ONLY)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe", "deepseek_v32"])
+@pytest.mark.parametrize("what", list(FP8_REACHABLE))
+def test_fp8_feature_is_reachable(family, what):
+    if family == "deepseek_v32" and what == "per-tensor static":
+        pytest.skip("deepseek_v32 checkpoints are block FP8 (GLM-5-FP8)")
+    find(cases(family), FP8_REACHABLE[what], settings=GENERATE_ONLY)
+
+
+def test_deepseek_fp8_wk_and_its_scale_in_different_files_is_reachable():
+    wk, scale = "model.layers.0.self_attn.indexer.wk.weight", "model.layers.0.self_attn.indexer.wk.weight_scale_inv"
+
+    def apart(c):
+        where = {n: i for i, f in enumerate(c.recipe.files) for n in f}
+        return scale in where and where[scale] < where[wk]
+
+    find(cases("deepseek_v32"), apart, settings=GENERATE_ONLY)
+
+
 @settings(max_examples=50, deadline=None)
 @given(case=cases("llama", max_ranks=8) | cases("qwen2_moe", max_ranks=8))
 def test_max_ranks_bounds_the_grid(case):
@@ -59,7 +100,7 @@ def test_max_ranks_bounds_the_grid(case):
 
 
 @settings(max_examples=100, deadline=None)
-@given(case=st.sampled_from(["llama", "gpt2", "qwen3_moe", "qwen2_moe"]).flatmap(cases))
+@given(case=st.sampled_from(["llama", "gpt2", "qwen3_moe", "qwen2_moe", "deepseek_v32"]).flatmap(cases))
 def test_every_case_is_valid_for_the_oracle(case):
     needed = needed_sources(case.arch, case.placement, case.recipe.format)
     assert needed <= set(case.recipe.names)
