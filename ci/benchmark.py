@@ -59,7 +59,7 @@ from conformance.harness import Harness  # noqa: E402
 from conformance.protocol import FAMILIES, LoaderAdapter, resolve_loader  # noqa: E402
 from conformance.runner import PROPERTIES  # noqa: E402
 
-LOADER_SECTIONS = ("loader.build", "loader.load", "loader.state")
+LOADER_SECTIONS = ("loader.build", "loader.load", "loader.state", "loader.check_loaded")
 HARNESS_SECTIONS = (
     "hypothesis",  # the engine, outside the test body: choice sequences, health checks, events
     "draw",  # data.draw of the case, second layout and dropped tensor (strategies, Case)
@@ -138,6 +138,18 @@ class TimedLoader:
     def state(self, model):
         with self._clock.section("loader.state"):
             return self._adapter.state(model)
+
+    def hook(self, name):
+        """The loader's optional hook, its calls timed as loader time."""
+        fn = self._adapter.hook(name)
+        if fn is None:
+            return None
+
+        def timed(*args):
+            with self._clock.section(f"loader.{name}"):
+                return fn(*args)
+
+        return timed
 
 
 @contextlib.contextmanager
