@@ -27,6 +27,8 @@ FEATURES = (
     "tied_embeddings",
     "sharded_checkpoint",
     "fused_expert_checkpoint",
+    "fp8_per_tensor",
+    "fp8_block",
 )
 
 
