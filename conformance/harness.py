@@ -40,8 +40,10 @@ class Harness:
         if note:
             event(f"{prop}: {note}")
 
-    def check_device(self, check, data: st.DataObject, family: str, methods: tuple[str, ...]) -> None:
-        """Draw an FP8 case on CUDA and run one of ``device_checks`` on it."""
+    def check_device(
+        self, check, data: st.DataObject, family: str, methods: tuple[str, ...], device: str = "cuda"
+    ) -> None:
+        """Draw an FP8 case on ``device`` and run one of ``device_checks`` on it."""
         from strategies.cases import fp8_cases
 
         caps = self.loader.capabilities
@@ -51,7 +53,7 @@ class Harness:
             pytest.skip(reason or f"not supported by the loader: {', '.join(missing)}")
         methods = tuple(m for m in methods if caps.supports(m))
         case = data.draw(fp8_cases(family, caps, methods), label="case")
-        case = replace(case, placement=replace(case.placement, device="cuda"))
+        case = replace(case, placement=replace(case.placement, device=device))
         self.record(case)
         self.last_example[self.current] = Example(check.__name__, case)
         try:

@@ -119,3 +119,22 @@ def test_device_checks_need_the_post_load_hooks():
             device_checks.post_load_preserves_function(adapter(NoHooks()), case)
 
     run()
+
+
+def test_the_gpu_tests_harness_path_runs_on_cpu():
+    """What conformance/test_gpu.py calls, with the device swapped for CPU."""
+    from conformance.harness import Harness
+
+    harness = Harness(adapter(reference))
+
+    @FEW
+    @given(data=st.data())
+    def run(data):
+        harness.check("roundtrip", data, "deepseek_v32", device="cpu")
+        harness.check_device(device_checks.bytes_on_device, data, "llama", FP8_FAMILIES["llama"], device="cpu")
+        harness.check_device(
+            device_checks.post_load_preserves_function, data, "qwen2_moe", FP8_FAMILIES["qwen2_moe"], device="cpu"
+        )
+
+    run()
+    assert harness.counts[""]["examples"] >= 3 * 15
