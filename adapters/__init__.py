@@ -1,0 +1,1 @@
+"""Adapters that run the suite against real third-party loaders."""
