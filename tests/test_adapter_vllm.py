@@ -1,0 +1,67 @@
+"""The vLLM adapter's name mapping and a tiny build + load (skipped without vllm installed:
+``bash ci/adapters/install_vllm.sh``, then put its directory on PYTHONPATH)."""
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from adapters import vllm_loader  # noqa: E402
+from conformance.protocol import FAMILIES, FEATURES  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "runtime, canonical",
+    [
+        (
+            "model.layers.3.mlp.experts.routed_experts.w13_weight",
+            "model.layers.3.mlp.experts.w13_weight",
+        ),
+        (
+            "model.layers.0.mlp.experts.routed_experts.w2_weight",
+            "model.layers.0.mlp.experts.w2_weight",
+        ),
+        ("model.layers.1.self_attn.qkv_proj.weight", "model.layers.1.self_attn.qkv_proj.weight"),
+        ("model.layers.1.mlp.shared_expert_gate.weight", "model.layers.1.mlp.shared_expert_gate.weight"),
+        ("transformer.h.0.attn.c_attn.bias", "transformer.h.0.attn.c_attn.bias"),
+        ("lm_head.weight", "lm_head.weight"),
+    ],
+)
+def test_canonical_name(runtime, canonical):
+    assert vllm_loader.canonical_name(runtime) == canonical
+
+
+def test_canonical_names_of_a_set():
+    names = {"model.layers.0.mlp.experts.routed_experts.w13_weight", "model.norm.weight"}
+    assert vllm_loader.canonical_names(names) == {
+        "model.layers.0.mlp.experts.w13_weight",
+        "model.norm.weight",
+    }
+
+
+def test_capabilities_are_single_rank_without_lora():
+    caps = vllm_loader.loader.capabilities
+    assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"} <= set(FAMILIES)
+    assert caps.features <= set(FEATURES)
+    assert not caps.features & {"tensor_parallel", "pipeline_parallel", "expert_parallel", "lora"}
+    assert vllm_loader.loader.name.startswith("vllm ")
+
+
+def test_moe_build_and_load_maps_expert_names():
+    """A tiny Qwen3-MoE through vLLM: state and loaded set both use the canonical names."""
+    from fixtures.case import Case, CheckpointRecipe
+    from fixtures.materialize import scratch_dir, write_case
+    from reference_models.arch import Arch, MoE, Placement
+    from reference_models.families import checkpoint_specs
+
+    arch = Arch("qwen3_moe", 16, 1, 2, 2, 8, 8, 40, moe=MoE(2, 1, 8))
+    names = sorted(checkpoint_specs(arch, "per_expert"))
+    case = Case(arch, Placement((1,)), CheckpointRecipe(0, [names], "per_expert"))
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        model = vllm_loader.loader.build(arch, case.placement)
+        loaded = vllm_loader.loader.load(model, checkpoint)
+        state = vllm_loader.loader.state(model)
+    expert = "model.layers.0.mlp.experts.w13_weight"
+    assert expert in state and expert in loaded
+    assert tuple(state[expert].shape) == (2, 16, 16)
+    assert not any("routed_experts" in n for n in set(state) | loaded)
