@@ -89,9 +89,14 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.dtype == torch.bool or a.numel() == 0:
         return torch.equal(a, b)
-    return torch.equal(
-        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
-    )
+    return torch.equal(_bytes(a), _bytes(b))
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes, from a fresh dense copy: torch calls a one-element tensor with any
+    stride contiguous, and a 0-d one cannot be viewed as bytes at all."""
+    dense = torch.empty(x.numel(), dtype=x.dtype, device=x.device).copy_(x.reshape(-1))
+    return dense.view(torch.uint8)
 
 
 def param_mismatches(

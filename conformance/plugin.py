@@ -352,6 +352,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if counts:
         report.user_properties.append((FEATURE_PROPERTY, dict(counts)))
     example = harness.last_example.pop(item.nodeid, None)
+    if report.skipped and hasattr(report, "wasxfail") and example is not None:
+        # a known failure (--expect-fail): the matrix says which features it touched
+        report.user_properties.append((FAILING_PROPERTY, example.case.features()))
     if report.failed:
         case_file = _write_case(config, item, report, example, regression)
         if example is not None:

@@ -2,7 +2,8 @@
 
 Rows are what the suite can exercise (families and features); for each, how many examples
 used it, and the outcome of the tests that did.  "passed" is only ever shown for something
-that was generated; what the loader does not support is said as such.
+that was generated and never for a known failure (``--expect-fail``, "KNOWN FAILURE"); what
+the loader does not support is said as such.
 """
 
 from __future__ import annotations
@@ -64,10 +65,15 @@ def matrix(records: list[TestRecord], caps: Capabilities) -> list[dict[str, Any]
         failed = [
             r.id for r in records if r.outcome == "failed" and _failing_key(key, r.failing_features)
         ]
+        known = [
+            r.id for r in records if r.outcome == "xfailed" and _failing_key(key, r.failing_features)
+        ]
         if not supported:
             status = "not supported by the loader"
         elif failed:
             status = "failed"
+        elif known:
+            status = "known failure"
         elif examples == 0:
             status = "not exercised"
         else:
@@ -79,6 +85,7 @@ def matrix(records: list[TestRecord], caps: Capabilities) -> list[dict[str, Any]
                 "examples": examples,
                 "tests": len(using),
                 "failed_tests": failed,
+                "known_failures": known,
             }
         )
     return rows
@@ -90,8 +97,9 @@ def write_terminal(tr, records: list[TestRecord], caps: Capabilities) -> None:
     tr.write_line(f"examples run: {total}")
     tr.write_line(f"  {'feature':<26} {'status':<28} {'examples':>8}  failing tests")
     for row in matrix(records, caps):
-        failing = ", ".join(row["failed_tests"][:3]) + (" ..." if len(row["failed_tests"]) > 3 else "")
-        status = row["status"].upper() if row["status"] in ("failed", "not exercised") else row["status"]
+        listed = row["failed_tests"] or [f"{t} (expected)" for t in row["known_failures"]]
+        failing = ", ".join(listed[:3]) + (" ..." if len(listed) > 3 else "")
+        status = row["status"].upper() if row["status"] in ("failed", "not exercised", "known failure") else row["status"]
         tr.write_line(f"  {row['feature']:<26} {status:<28} {row['examples']:>8}  {failing}".rstrip())
     cases = [r.case_file for r in records if r.case_file]
     if cases:

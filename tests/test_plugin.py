@@ -334,6 +334,9 @@ def test_expect_fail_turns_known_failures_into_xfail_and_flags_fixed_ones(loader
     outcomes = {t["id"]: t["outcome"] for t in report["tests"]}
     assert outcomes == {"roundtrip[gpt2]": "xfailed", "roundtrip[llama]": "failed"}
     assert {row["feature"] for row in report["matrix"]} >= {"family gpt2", "lora", "tensor_parallel"}
+    gpt2 = next(row for row in report["matrix"] if row["feature"] == "family gpt2")
+    assert gpt2["status"] == "known failure" and gpt2["known_failures"] == ["roundtrip[gpt2]"]
+    assert "KNOWN FAILURE" in text
 
 
 def test_expect_fail_entry_matching_nothing_is_a_usage_error(loaders):
