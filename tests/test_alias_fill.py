@@ -2,7 +2,6 @@
 itself is missing: as right as skipping the copy, if the values are right (transformers does
 this); wrong values still fail."""
 
-import torch
 
 from conformance.properties import missing_tensor
 from conformance.assertions import PropertyFailure
