@@ -77,7 +77,7 @@ def dequantize_matches_cpu(
         )
 
 
-def _fp8_shards(case: Case, state, expected):
+def _fp8_shards(state, expected):
     """(runtime weight, rows of one shard, that shard's per-tensor scale) of each FP8 shard."""
     for name, param in expected.params.items():
         if param.value.dtype != FP8 or param.value.dim() != 2:
@@ -103,7 +103,7 @@ def scaled_mm_matches(loader: LoaderAdapter, case: Case, batch: int = 16) -> Non
     device = torch.device(case.placement.device)
     gen = _generator(case, 1)
     problems = []
-    for name, rows, scale, label in _fp8_shards(case, state, expected):
+    for name, rows, scale, label in _fp8_shards(state, expected):
         w = state[name].detach()[rows]
         n, k = w.shape
         pad_n, pad_k = -n % 16, -k % 16  # _scaled_mm wants multiples of 16: zeros add nothing
