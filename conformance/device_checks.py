@@ -98,7 +98,7 @@ def scaled_mm_matches(loader: LoaderAdapter, case: Case, batch: int = 16) -> Non
         raise ValueError("scaled_mm_matches needs a per-tensor FP8 case")
     title = "scaled matmul: torch._scaled_mm with the loaded FP8 weight and scale is wrong"
     _, state, tensors = _load_on_device(loader, case, title)
-    expected = _expected(case, tensors)
+    expected = _expected(case, tensors, loader)
     deq = dequantized_weights(case.arch, case.placement, tensors, case.recipe.format)
     device = torch.device(case.placement.device)
     gen = _generator(case, 1)
@@ -153,7 +153,7 @@ def post_load_preserves_function(loader: LoaderAdapter, case: Case, batch: int =
         raise NotSupported("the loader has no process_weights_after_loading or linear_forward hook")
     title = "post-load processing: a linear layer no longer computes x @ W.T + b"
     model, _, tensors = _load_on_device(loader, case, title)
-    expected = _expected(case, tensors)
+    expected = _expected(case, tensors, loader)
     deq = dequantized_weights(case.arch, case.placement, tensors, case.recipe.format)
     try:
         _call("process_weights_after_loading", process, model)

@@ -70,8 +70,10 @@ def _load_or_fail(loader, case, title, recipe=None):
         fail(title, [str(err)], context(case))
 
 
-def _expected(case: Case, tensors) -> Expected:
-    return expected_state(case.arch, case.placement, tensors, case.recipe.format)
+def _expected(case: Case, tensors, loader: LoaderAdapter) -> Expected:
+    """The oracle's state for this rank, in the form the loader declares for FP8 checkpoints."""
+    dequantized = loader.capabilities.supports("fp8_dequantized_state")
+    return expected_state(case.arch, case.placement, tensors, case.recipe.format, dequantized)
 
 
 def _shapes(case: Case):
@@ -82,7 +84,7 @@ def roundtrip(loader: LoaderAdapter, case: Case) -> None:
     """Every runtime parameter of the rank holds exactly the checkpoint data it should."""
     title = "round trip: the loaded state differs from the checkpoint"
     state, _, tensors = _load_or_fail(loader, case, title)
-    problems = state_mismatches(state, _expected(case, tensors), _shapes(case))
+    problems = state_mismatches(state, _expected(case, tensors, loader), _shapes(case))
     if problems:
         fail(title, problems, context(case))
 
@@ -103,7 +105,7 @@ def tracking(loader: LoaderAdapter, case: Case) -> None:
     _, loaded, tensors = _load_or_fail(loader, case, title)
     if loaded is None:
         raise NotSupported("load() returned None: the loader does no weight tracking")
-    problems = _tracking_problems(loaded, set(_expected(case, tensors).tracked))
+    problems = _tracking_problems(loaded, set(_expected(case, tensors, loader).tracked))
     if problems:
         fail(title, problems, context(case))
 
@@ -125,7 +127,7 @@ def missing_tensor(loader: LoaderAdapter, case: Case, dropped: str) -> str:
         if err.stage == "load":
             return "raised"
         fail(title, [str(err)], context(case, f"dropped: {dropped}"))
-    expected = _expected(case, tensors)
+    expected = _expected(case, tensors, loader)
     dependents = expected.dependents(dropped)
     if loaded is None:
         fail(
@@ -186,7 +188,7 @@ def check_loaded(loader: LoaderAdapter, case: Case, dropped: str | None) -> str:
             message = f"{type(exc).__name__}: {exc}"
             if dropped is None:
                 fail(title, [f"it raised on a complete load: {message}"], context(case, extra))
-            named = _expected(case, tensors).dependents(dropped) | {dropped}
+            named = _expected(case, tensors, loader).dependents(dropped) | {dropped}
             if not any(name in str(exc) for name in named):
                 fail(
                     title,
@@ -195,7 +197,7 @@ def check_loaded(loader: LoaderAdapter, case: Case, dropped: str | None) -> str:
                 )
             return "raised"
     if dropped is not None:
-        dependents = sorted(_expected(case, tensors).dependents(dropped))
+        dependents = sorted(_expected(case, tensors, loader).dependents(dropped))
         fail(
             title,
             [f"it stayed silent although {dependents} were not initialised from the checkpoint"],
@@ -220,7 +222,7 @@ def invariance(loader: LoaderAdapter, case: Case, other: CheckpointRecipe) -> No
     title = "order/sharding invariance: two layouts of the same tensors"
     first, _, tensors = _load_or_fail(loader, case, title)
     second, _, _ = _load_or_fail(loader, case, title, other)
-    expected = _expected(case, tensors)
+    expected = _expected(case, tensors, loader)
     shapes = _shapes(case)
     wrong_first = state_mismatches(first, expected, shapes)
     wrong_second = state_mismatches(second, expected, shapes)
@@ -277,7 +279,7 @@ def reload(loader: LoaderAdapter, case: Case, second_seed: int) -> None:
             state = _call("state", loader.state, model)
     except LoaderRaised as err:
         fail(title, [f"{err} (on the second load if both were reached)"], context(case))
-    expected = _expected(second, second_tensors)
+    expected = _expected(second, second_tensors, loader)
     problems = state_mismatches(state, expected, _shapes(case))
     if loaded is not None:
         problems += [f"second load: {p}" for p in _tracking_problems(loaded, set(expected.tracked))]
@@ -304,7 +306,7 @@ def lora_equivalence(loader: LoaderAdapter, case: Case) -> None:
             f"parameters only when wrapped: {sorted(set(by_plain_name) - set(plain_state))}; "
             f"only when unwrapped: {sorted(set(plain_state) - set(by_plain_name))}"
         )
-    expected = _expected(case, tensors)
+    expected = _expected(case, tensors, loader)
     problems += state_mismatches(wrapped_state, expected, _shapes(case))
     if wrapped_loaded is not None:
         problems += _tracking_problems(wrapped_loaded, set(expected.tracked))
@@ -349,7 +351,7 @@ def all_ranks(loader: LoaderAdapter, case: Case) -> None:
             except LoaderRaised as err:
                 problems.append(f"rank {_rank_name(placement)}: {err}")
                 continue
-            expected = _expected(rank_case, tensors)
+            expected = _expected(rank_case, tensors, loader)
             rank_problems = state_mismatches(state, expected, _shapes(case))
             if loaded is not None:
                 rank_problems += _tracking_problems(loaded, set(expected.tracked))

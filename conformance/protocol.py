@@ -28,6 +28,8 @@ FEATURES = (
     "fp8_block",
     "cuda",
 )
+# How the loader presents its state, not what it can load: declared, never "unsupported".
+STATE_FORMS = ("fp8_dequantized_state",)
 
 
 # check_loaded(model, loaded): the loader's own completeness check (vLLM's
@@ -60,7 +62,10 @@ class Capabilities:
     """What a loader supports.  Examples outside it are never generated.
 
     ``families`` are HF model types; ``features`` are names from ``FEATURES``.  The default is
-    everything the suite knows.
+    everything in ``FEATURES``.  ``STATE_FORMS`` are not kinds of case but the form of the
+    state, declared the same way: ``fp8_dequantized_state`` is for loaders that dequantise FP8
+    checkpoints at load (transformers on CPU): their FP8 weights are compared with the
+    dequantisation definition in the model dtype, and they have no scale parameters.
     """
 
     families: frozenset[str] = field(default_factory=lambda: frozenset(FAMILIES))
@@ -69,11 +74,12 @@ class Capabilities:
     def __post_init__(self) -> None:
         for key in ("families", "features"):
             object.__setattr__(self, key, _names(key, getattr(self, key)))
-        unknown = sorted(self.families - set(FAMILIES)) + sorted(self.features - set(FEATURES))
+        known = set(FEATURES) | set(STATE_FORMS)
+        unknown = sorted(self.families - set(FAMILIES)) + sorted(self.features - known)
         if unknown:
             raise LoaderSpecError(
                 f"capabilities name unknown families or features {unknown}; "
-                f"known families: {list(FAMILIES)}, features: {list(FEATURES)}"
+                f"known families: {list(FAMILIES)}, features: {list(FEATURES + STATE_FORMS)}"
             )
 
     @classmethod

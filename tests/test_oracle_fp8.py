@@ -110,3 +110,16 @@ def test_dequantized_weights_slice_after_dequantising():
     o = "model.layers.0.self_attn.o_proj."
     full = dequantize(tensors[o + "weight"], tensors[o + "weight_scale_inv"], (3, 5))
     assert torch.equal(deq[o + "weight"], full[:, 8:])
+
+
+def test_dequantized_state_form_folds_scales_into_model_dtype_weights():
+    arch = _llama(Quant("fp8_block", block=(3, 5)), dtype="bfloat16")
+    placement = Placement.single(arch, tp_size=2, tp_rank=1)
+    specs = checkpoint_specs(arch)
+    tensors = checkpoint_values(specs, specs, arch.dtype, 3)
+    exp = expected_state(arch, placement, tensors, dequantized=True)
+    o = "model.layers.0.self_attn.o_proj."
+    assert not any(n.endswith(("weight_scale_inv", "weight_scale", "input_scale")) for n in exp.params)
+    full = dequantize(tensors[o + "weight"], tensors[o + "weight_scale_inv"], (3, 5))
+    assert torch.equal(exp.params[o + "weight"].value, full[:, 8:].to(torch.bfloat16))
+    assert exp.params[o + "weight"].sources == {o + "weight", o + "weight_scale_inv"}

@@ -102,16 +102,27 @@ def needed_sources(arch, placement, fmt: str = "default") -> frozenset[str]:
 
 
 def expected_state(
-    arch, placement, tensors: Mapping[str, torch.Tensor], fmt: str = "default"
+    arch,
+    placement,
+    tensors: Mapping[str, torch.Tensor],
+    fmt: str = "default",
+    dequantized: bool = False,
 ) -> Expected:
     """What ``state(model)`` must equal on this rank after loading ``tensors``.
 
     ``fmt`` is the checkpoint format (see ``FamilySpec.formats``), e.g. per-expert or fused
-    3-D expert tensors: the runtime state is the same, its sources differ.
+    3-D expert tensors: the runtime state is the same, its sources differ.  ``dequantized``:
+    the state of a loader that dequantises FP8 at load: each FP8 weight in the model dtype by
+    the dequantisation definition, and no scale parameters.
     """
     shapes = checkpoint_shapes(arch, fmt)
     params = {}
     for name, rule in expected_layout(arch, placement, fmt).items():
+        if dequantized and isinstance(rule, InDtype):
+            if rule.dtype != "float8_e4m3fn":
+                continue  # a scale: folded into its weight
+            params[name] = _dequantized_param(arch, placement, tensors, fmt, name, rule)
+            continue
         shape, pieces = rule.pieces(arch, placement, shapes)
         dtype = TENSOR_DTYPES[rule.dtype] if isinstance(rule, InDtype) else arch.torch_dtype
         value = torch.zeros(shape, dtype=dtype)
@@ -131,17 +142,24 @@ def dequantized_weights(
     as the weight's rule, each read from the dequantised checkpoint tensor (so a TP split
     through a block uses that block's scale).
     """
-    out = {}
-    block = arch.quant.block if arch.quant else None
+    return {
+        name: _dequantized_param(arch, placement, tensors, fmt, name, rule, torch.float32).value
+        for name, rule in expected_layout(arch, placement, fmt).items()
+        if isinstance(rule, InDtype) and rule.dtype == "float8_e4m3fn"
+    }
+
+
+def _dequantized_param(arch, placement, tensors, fmt, name, rule, dtype=None) -> ExpectedParam:
+    """An FP8 weight's pieces, each read from its dequantised checkpoint tensor (scale included
+    as a source), in ``dtype`` (default: the model dtype, one cast from the float32 product)."""
+    block = arch.quant.block
     suffix = "weight_scale_inv" if block else "weight_scale"
-    for name, rule in expected_layout(arch, placement, fmt).items():
-        if not (isinstance(rule, InDtype) and rule.dtype == "float8_e4m3fn"):
-            continue
-        shape, pieces = rule.pieces(arch, placement, checkpoint_shapes(arch, fmt))
-        value = torch.zeros(shape, dtype=torch.float32)
-        for piece in pieces:
-            scale = piece.source.name.removesuffix(".weight") + "." + suffix
-            source = replace(piece.source, scale=scale, block=block)
-            value[piece.dst] = source_view(tensors, source)[piece.src]
-        out[name] = value
-    return out
+    shape, pieces = rule.pieces(arch, placement, checkpoint_shapes(arch, fmt))
+    value = torch.zeros(shape, dtype=dtype or arch.torch_dtype)
+    out = []
+    for piece in pieces:
+        scale = piece.source.name.removesuffix(".weight") + "." + suffix
+        piece = replace(piece, source=replace(piece.source, scale=scale, block=block))
+        value[piece.dst] = source_view(tensors, piece.source)[piece.src].to(value.dtype)
+        out.append(piece)
+    return ExpectedParam(name, value, tuple(out))
