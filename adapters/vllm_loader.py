@@ -221,5 +221,33 @@ class VllmLoader:
     def state(self, model: VllmModel) -> dict[str, torch.Tensor]:
         return {canonical_name(n): p for n, p in model.module.named_parameters()}
 
+    def check_loaded(self, model: VllmModel, loaded: set[str] | None) -> None:
+        """vLLM's OWN completeness check, ``DefaultModelLoader.track_weights_loading``, called
+        as ``DefaultModelLoader.load_weights`` calls it (``quantized`` iff the model config has
+        a quantization method) on the real model, with ``loaded`` translated back to vLLM's
+        names.  Its error names vLLM parameters; the canonical names of those it names are
+        appended (only ``routed_experts`` differs), nothing else is changed or decided here."""
+        from vllm.config import LoadConfig, set_current_vllm_config
+        from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+        runtime_names = [n for n, _ in model.module.named_parameters()]
+        to_vllm = {canonical_name(n): n for n in runtime_names}
+        vllm_loaded = None if loaded is None else {to_vllm.get(n, n) for n in loaded}
+        checker = DefaultModelLoader(LoadConfig())
+        quantized = model.vllm_config.model_config.quantization is not None
+        try:
+            with set_current_vllm_config(model.vllm_config):
+                checker.track_weights_loading(model.module, vllm_loaded, quantized=quantized)
+        except ValueError as exc:
+            message = str(exc)
+            renamed = sorted(
+                canonical_name(n)
+                for n in runtime_names
+                if canonical_name(n) != n and re.search(re.escape(n) + r"(?![\w.])", message)
+            )
+            if not renamed:
+                raise
+            raise ValueError(f"{message} (canonical names: {renamed})") from exc
+
 
 loader = VllmLoader()
