@@ -73,6 +73,21 @@ def canonical_names(names: Iterable[str]) -> set[str]:
     return {canonical_name(n) for n in names}
 
 
+def _kv_cache_scale_names(module: torch.nn.Module) -> set[str]:
+    """Parameters of modules whose quant method is vLLM's ``BaseKVCacheMethod``: the attention
+    layers' KV-cache quantisation scales (``attn.q_scale``/``k_scale``/``v_scale``/
+    ``prob_scale``) that vLLM adds to every attention layer of a quantised model.  They are no
+    checkpoint weights of the canonical layout (vLLM fills them with defaults when a checkpoint
+    has none, and its own completeness check exempts them), so ``state`` leaves them out."""
+    from vllm.model_executor.layers.quantization.kv_cache import BaseKVCacheMethod
+
+    names = set()
+    for prefix, sub in module.named_modules():
+        if isinstance(getattr(sub, "quant_method", None), BaseKVCacheMethod):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in sub.named_parameters())
+    return names
+
+
 class VllmModel:
     """One built rank: vLLM's model and the config it was built under."""
 
@@ -159,17 +174,20 @@ class _Runtime:
         ensure_model_parallel_initialized(1, 1)
 
 
+def features(environ=os.environ) -> set[str]:
+    """The declared features.  FP8 per-tensor is opt-in (``WEIGHTCHECK_VLLM_FP8=1``): vLLM
+    refuses FP8 for float32 models and the suite's random profile draws float32 FP8 cases, so
+    FP8 runs on the bf16 case files only (ci/adapters/run_vllm_fp8.sh, docs/adapters/vllm.md).
+    FP8 block-wise is never declared: vLLM 0.32 finds no CPU kernel without AMX at construction."""
+    declared = {"tied_embeddings", "attention_bias", "sharded_checkpoint", "fused_expert_checkpoint"}
+    if environ.get("WEIGHTCHECK_VLLM_FP8") == "1":
+        declared.add("fp8_per_tensor")
+    return declared
+
+
 class VllmLoader:
     name = f"vllm {vllm.__version__} (CPU)"
-    capabilities = Capabilities(
-        families=set(VLLM_ARCHITECTURES),
-        features={
-            "tied_embeddings",
-            "attention_bias",
-            "sharded_checkpoint",
-            "fused_expert_checkpoint",
-        },
-    )
+    capabilities = Capabilities(families=set(VLLM_ARCHITECTURES), features=features())
 
     def __init__(self) -> None:
         self._runtime: _Runtime | None = None
@@ -219,7 +237,12 @@ class VllmLoader:
         return canonical_names(loaded)
 
     def state(self, model: VllmModel) -> dict[str, torch.Tensor]:
-        return {canonical_name(n): p for n, p in model.module.named_parameters()}
+        kv_cache_scales = _kv_cache_scale_names(model.module)
+        return {
+            canonical_name(n): p
+            for n, p in model.module.named_parameters()
+            if n not in kv_cache_scales
+        }
 
     def check_loaded(self, model: VllmModel, loaded: set[str] | None) -> None:
         """vLLM's OWN completeness check, ``DefaultModelLoader.track_weights_loading``, called

@@ -139,3 +139,36 @@ def _unquantized_config():
         model_config = ModelConfig()
 
     return Config()
+
+
+def test_fp8_is_opt_in():
+    """FP8 per-tensor is declared only with WEIGHTCHECK_VLLM_FP8=1 (vLLM refuses float32 FP8)."""
+    assert "fp8_per_tensor" not in vllm_loader.features({})
+    assert "fp8_per_tensor" in vllm_loader.features({"WEIGHTCHECK_VLLM_FP8": "1"})
+    assert "fp8_block" not in vllm_loader.features({"WEIGHTCHECK_VLLM_FP8": "1"})
+
+
+def test_fp8_per_tensor_llama_loads_bytes_and_per_shard_scales():
+    """bf16 FP8 llama: fp8 bytes, per-shard scales, no attention KV-cache scales in state, and
+    vLLM's own check (quantized=True) silent on the complete load."""
+    from fixtures.case import Case, CheckpointRecipe
+    from fixtures.materialize import scratch_dir, write_case
+    from reference_models.arch import Arch, Placement, Quant
+    from reference_models.families import checkpoint_specs
+
+    arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40, quant=Quant("fp8_per_tensor", "static"), dtype="bfloat16")
+    names = sorted(checkpoint_specs(arch, "default"))
+    case = Case(arch, Placement((1,)), CheckpointRecipe(0, [names], "default"))
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        model = vllm_loader.loader.build(arch, case.placement)
+        loaded = vllm_loader.loader.load(model, checkpoint)
+        state = vllm_loader.loader.state(model)
+        q = dict(checkpoint.weights())["model.layers.0.self_attn.q_proj.weight"]
+    qkv = state["model.layers.0.self_attn.qkv_proj.weight"]
+    assert qkv.dtype == torch.float8_e4m3fn
+    assert torch.equal(qkv[:16].view(torch.uint8), q.view(torch.uint8))
+    assert tuple(state["model.layers.0.self_attn.qkv_proj.weight_scale"].shape) == (3,)
+    assert not any(n.endswith(("attn.k_scale", "attn.q_scale")) for n in state)
+    assert set(state) == loaded
+    vllm_loader.loader.check_loaded(model, loaded)

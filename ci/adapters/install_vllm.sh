@@ -14,7 +14,7 @@
 set -euo pipefail
 extras="${WEIGHTCHECK_EXTRAS:-$HOME/.cache/weightcheck-extras}"
 target="$extras/vllm"
-stamp="$target/.weightcheck-vllm-0.32.0-2"   # bump the suffix when the pins below change
+stamp="$target/.weightcheck-vllm-0.32.0-3"   # bump the suffix when the pins below change
 python="${PYTHON:-python}"
 export VLLM_TARGET_DEVICE=cpu PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -49,7 +49,7 @@ needs=(
   pydantic==2.14.3 pydantic_core==2.50.4 pyzmq==27.3.0 regex==2026.11.15 requests==2.34.2
   rich==15.0.0 shellingham==1.5.4 sniffio==1.3.1 starlette==1.10.0 tokenizers==0.23.3
   tqdm==4.70.1 transformers==5.19.0 truststore==0.10.5 typer==0.29.2 typing-inspection==0.4.5
-  typing-extensions==4.16.0
+  typing-extensions==4.16.0 compressed-tensors==0.17.0 loguru==0.7.3
   urllib3==2.8.0 uvloop==0.23.0 xgrammar==0.2.8 yarl==1.25.1
 )
 
@@ -63,6 +63,7 @@ rm -rf "$target"/torch "$target"/torch-* "$target"/torchvision* "$target"/torcha
 PYTHONPATH="$target" "$python" - <<'PY'
 import torch, vllm, vllm.config  # noqa: F401  (import-time needs are all there)
 import vllm.model_executor.model_loader  # noqa: F401  (fastapi -> anyio -> typing_extensions>=4.16)
+import compressed_tensors.quantization  # noqa: F401  (get_quantization_config imports every method)
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 assert not torch.__file__.startswith(__import__("os").environ["PYTHONPATH"]), torch.__file__
 print(f"vllm {vllm.__version__} with torch {torch.__version__} from {torch.__file__}")
