@@ -94,7 +94,6 @@ class DeepseekV32(Llama):
             "index_head_dim": m.index_head_dim,
             "index_topk": 4,
             "first_k_dense_replace": arch.num_layers,
-            "n_routed_experts": None,
             "attention_bias": False,
         }
 
