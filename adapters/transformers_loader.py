@@ -199,6 +199,8 @@ class TransformersLoader:
             "lora",
             "sharded_checkpoint",
             "fused_expert_checkpoint",
+            "fp8_block",
+            "fp8_dequantized_state",
         },
     )
 
@@ -262,9 +264,50 @@ class TransformersLoader:
             for n, p in model.hf.named_parameters()
             if not is_lora_weight(n)
         }
-        checkpoint_named = revert_weight_conversion(model.hf, params)
+        checkpoint_named = _revert_without_fp8(model.hf, params)
         out = to_canonical(checkpoint_named)
         return {with_base_layer(c) if c in model.wrapped else c: v for c, v in out.items()}
+
+
+def _without_fp8_dequantize(conversions: list) -> list:
+    """The model's load conversions without transformers' FP8 dequantisation.
+
+    Loading an FP8 checkpoint on CPU prepends ``Fp8Dequantize`` to the converters (and adds a
+    catch-all ``weight, weight_scale_inv, activation_scale -> weight`` one); its reverse,
+    ``Fp8Quantize``, re-quantises on save, even the embedding and ``lm_head``.  The runtime state
+    is the dequantised weights as they live in the model, so ``state`` reverts only the naming:
+    the catch-all is dropped, and the others lose the dequantise op and the scale sources.
+    """
+    from transformers.core_model_loading import WeightConverter
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+
+    out = []
+    for conv in conversions:
+        ops = list(getattr(conv, "operations", ()))
+        if not isinstance(conv, WeightConverter) or not any(isinstance(o, Fp8Dequantize) for o in ops):
+            out.append(conv)
+            continue
+        ops = [o for o in ops if not isinstance(o, Fp8Dequantize)]
+        sources = [
+            s
+            for s in conv._original_source_patterns
+            if not s.endswith(("weight_scale_inv", "activation_scale"))
+        ]
+        if ops and sources != list(conv._original_target_patterns):
+            out.append(conv.copy(sources, list(conv._original_target_patterns), operations=ops))
+    return out
+
+
+def _revert_without_fp8(hf, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``revert_weight_conversion`` (checkpoint naming) without re-quantising FP8 weights."""
+    conversions = getattr(hf, "_weight_conversions", None)
+    if not conversions:
+        return revert_weight_conversion(hf, params)
+    hf._weight_conversions = _without_fp8_dequantize(conversions)
+    try:
+        return revert_weight_conversion(hf, params)
+    finally:
+        hf._weight_conversions = conversions
 
 
 def _mismatched_name(entry) -> str:

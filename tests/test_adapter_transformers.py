@@ -93,3 +93,59 @@ def test_capabilities_promise_only_one_rank():
     caps = tl.loader.capabilities
     assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"}
     assert not caps.features & {"tensor_parallel", "pipeline_parallel", "expert_parallel"}
+
+
+def _fp8_llama_checkpoint(path, block=(4, 4)):
+    """A tiny llama FP8 block-wise checkpoint (blocks divide every weight); the expected
+    runtime weights by the dequantisation definition, in float32."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=8, intermediate_size=12, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=4, vocab_size=64, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    g = torch.Generator().manual_seed(0)
+    tensors, expected = {}, {}
+    for name, value in LlamaForCausalLM(cfg).state_dict().items():
+        if ".layers." in name and name.endswith("proj.weight"):
+            n, k = value.shape
+            wq = (torch.randn(n, k, generator=g) * 4).to(torch.float8_e4m3fn)
+            s = torch.rand(n // block[0], k // block[1], generator=g) + 0.5
+            tensors[name], tensors[name + "_scale_inv"] = wq, s
+            expected[name] = wq.float() * s.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)
+        else:
+            tensors[name] = value.contiguous()
+    save_file(tensors, f"{path}/model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                     "weight_block_size": list(block)}
+    (path / "config.json").write_text(json.dumps(config))
+    return expected
+
+
+def test_fp8_block_state_is_dequantised_without_scales(tmp_path):
+    from types import SimpleNamespace
+
+    from reference_models.arch import Placement
+
+    expected = _fp8_llama_checkpoint(tmp_path)
+    model = tl.loader.build(SimpleNamespace(dtype="float32", lora=None, family="llama"), Placement((1,)))
+    loaded = tl.loader.load(model, SimpleNamespace(path=tmp_path))
+    state = tl.loader.state(model)
+    assert not any("scale" in n for n in set(state) | loaded)
+    assert "model.layers.0.self_attn.qkv_proj.weight" in loaded
+    p = "model.layers.0."
+    qkv = torch.cat([expected[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+    assert state[p + "self_attn.qkv_proj.weight"].dtype == torch.float32
+    assert torch.equal(state[p + "self_attn.qkv_proj.weight"], qkv)
+    assert torch.equal(state[p + "mlp.down_proj.weight"], expected[p + "mlp.down_proj.weight"])
+    # state() reverts only the naming: the live model keeps its dequantised weights
+    assert model.hf.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+
+
+def test_fp8_capabilities():
+    caps = tl.loader.capabilities
+    assert {"fp8_block", "fp8_dequantized_state"} <= caps.features
+    assert "fp8_per_tensor" not in caps.features  # transformers ignores weight_scale (see the docs)
