@@ -189,20 +189,21 @@ class Model:
     wrapped: set[str] = field(default_factory=set)  # canonical names under a LoRA base_layer
 
 
+def features(environ=os.environ) -> set[str]:
+    """The declared features.  FP8 block-wise is opt-in (``WEIGHTCHECK_TRANSFORMERS_FP8=1``):
+    transformers 5.23 mishandles partial blocks, which the suite draws in most FP8 cases, so
+    declaring it by default would turn every property of every FP8 family into a known failure
+    and hide anything else; FP8 runs on its regression case files instead
+    (ci/adapters/run_transformers_fp8.sh, docs/adapters/transformers.md)."""
+    declared = {"tied_embeddings", "attention_bias", "lora", "sharded_checkpoint", "fused_expert_checkpoint"}
+    if environ.get("WEIGHTCHECK_TRANSFORMERS_FP8") == "1":
+        declared |= {"fp8_block", "fp8_dequantized_state"}
+    return declared
+
+
 class TransformersLoader:
     name = f"transformers {transformers.__version__}"
-    capabilities = Capabilities(
-        families={"llama", "gpt2", "qwen3_moe", "qwen2_moe"},
-        features={
-            "tied_embeddings",
-            "attention_bias",
-            "lora",
-            "sharded_checkpoint",
-            "fused_expert_checkpoint",
-            "fp8_block",
-            "fp8_dequantized_state",
-        },
-    )
+    capabilities = Capabilities(families={"llama", "gpt2", "qwen3_moe", "qwen2_moe"}, features=features())
 
     def build(self, arch, placement) -> Model:
         if (placement.tp_size, placement.pp_size, placement.ep_size) != (1, 1, 1):

@@ -145,7 +145,8 @@ def test_fp8_block_state_is_dequantised_without_scales(tmp_path):
     assert model.hf.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
 
 
-def test_fp8_capabilities():
-    caps = tl.loader.capabilities
-    assert {"fp8_block", "fp8_dequantized_state"} <= caps.features
-    assert "fp8_per_tensor" not in caps.features  # transformers ignores weight_scale (see the docs)
+def test_fp8_capabilities_are_opt_in():
+    assert not {"fp8_block", "fp8_dequantized_state"} & tl.features({})
+    opted = tl.features({"WEIGHTCHECK_TRANSFORMERS_FP8": "1"})
+    assert {"fp8_block", "fp8_dequantized_state"} <= opted
+    assert "fp8_per_tensor" not in opted  # transformers ignores weight_scale (see the docs)
