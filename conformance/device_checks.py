@@ -119,15 +119,23 @@ def scaled_mm_matches(loader: LoaderAdapter, case: Case, batch: int = 16) -> Non
         wd = deq[name][rows].double()
         want = xd @ wd.t()
         bound = 2.0**-7 * (xd.abs() @ wd.abs().t()) + 1e-30
-        bad = (got - want).abs() > bound
-        if bad.any():
-            i, j = (int(v) for v in bad.nonzero()[0])
-            problems.append(
-                f"{name} rows {rows.start}:{rows.stop} ({label}): {int(bad.sum())} outputs off, "
-                f"first [{i}, {j}]: got {got[i, j]:g}, expected {want[i, j]:g} +- {bound[i, j]:g}"
-            )
+        off = _outputs_off(got, want, bound)
+        if off:
+            problems.append(f"{name} rows {rows.start}:{rows.stop} ({label}): {off}")
     if problems:
         fail(title, problems, context(case))
+
+
+def _outputs_off(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> str | None:
+    """How many outputs lie outside ``want +- bound``, and the first of them (None: none)."""
+    bad = (got - want).abs() > bound
+    if not bad.any():
+        return None
+    i, j = (int(v) for v in bad.nonzero()[0])
+    return (
+        f"{int(bad.sum())} of {bad.numel()} outputs off, first [{i}, {j}]: "
+        f"got {got[i, j]:g}, expected {want[i, j]:g} +- {bound[i, j]:g}"
+    )
 
 
 def _linear_modules(expected) -> dict[str, str]:
@@ -186,12 +194,8 @@ def post_load_preserves_function(loader: LoaderAdapter, case: Case, batch: int =
         if tuple(got.shape) != tuple(want.shape):
             problems.append(f"{module}: output shape {list(got.shape)}, expected {list(want.shape)}")
             continue
-        bad = (got - want).abs() > bound
-        if bad.any():
-            i, j = (int(v) for v in bad.nonzero()[0])
-            problems.append(
-                f"{module}: {int(bad.sum())} of {bad.numel()} outputs off, first [{i}, {j}]: "
-                f"got {got[i, j]:g}, expected {want[i, j]:g} +- {bound[i, j]:g}"
-            )
+        off = _outputs_off(got, want, bound)
+        if off:
+            problems.append(f"{module}: {off}")
     if problems:
         fail(title, problems, context(case))

@@ -138,3 +138,12 @@ def test_the_gpu_tests_harness_path_runs_on_cpu():
 
     run()
     assert harness.counts[""]["examples"] >= 3 * 15
+
+
+def test_device_check_catches_a_state_left_on_another_device():
+    class StateElsewhere(ReferenceLoader):
+        def state(self, model):
+            return {n: t.to("meta") for n, t in super().state(model).items()}
+
+    failure = _first_failure(StateElsewhere(), device_checks.bytes_on_device, "llama", ("fp8_block",))
+    assert failure is not None and "parameters not on cpu" in str(failure)

@@ -17,7 +17,7 @@ import torch
 
 from .. import families  # module import: families' specs import our rules
 from ..arch import TENSOR_DTYPES
-from .rules import InDtype, Piece, Source
+from .rules import InDtype, Piece, Source, scale_name
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _dequantized_param(arch, placement, tensors, fmt, name, rule, dtype=None) ->
     value = torch.zeros(shape, dtype=dtype or arch.torch_dtype)
     out = []
     for piece in pieces:
-        scale = piece.source.name.removesuffix(".weight") + "." + suffix
+        scale = scale_name(piece.source.name, suffix)
         piece = replace(piece, source=replace(piece.source, scale=scale, block=block))
         value[piece.dst] = source_view(tensors, piece.source)[piece.src].to(value.dtype)
         out.append(piece)

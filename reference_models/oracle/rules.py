@@ -296,7 +296,7 @@ def _groups(pieces) -> dict[int | None, list[Piece]]:
     return groups
 
 
-def _suffixed(weight_name: str, suffix: str) -> str:
+def scale_name(weight_name: str, suffix: str) -> str:
     """``x.weight`` -> ``x.weight_scale_inv``; a scale tensor sits beside its weight."""
     return weight_name.removesuffix(".weight") + "." + suffix
 
@@ -324,7 +324,7 @@ class ShardScales:
             for i, piece in enumerate(members):
                 slot = () if self.one_slot else (slice(i, i + 1),)
                 dst = ((key,) if key is not None else (slice(0, 1),) if self.one_slot else ()) + slot
-                source = Source(_suffixed(_plain(piece.source).name, self.suffix))
+                source = Source(scale_name(_plain(piece.source).name, self.suffix))
                 label = f"{self.suffix} of {piece.label}"
                 out.append(Piece(dst, source, (), label))
         if None in groups:
@@ -365,7 +365,7 @@ class BlockScales:
                     slice(offset, offset + n),
                     slice(0, cols),
                 )
-                source = Source(_suffixed(_plain(piece.source).name, "weight_scale_inv"))
+                source = Source(scale_name(_plain(piece.source).name, "weight_scale_inv"))
                 label = (
                     f"scale blocks of {piece.label} (weight rows {src_rows.start}:"
                     f"{src_rows.stop}, columns {src_cols.start}:{src_cols.stop}; block {bn}x{bk})"

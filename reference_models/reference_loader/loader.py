@@ -12,10 +12,6 @@ its stored order), as a loader that re-enters per file does; the calls share one
 
 from __future__ import annotations
 
-import json
-import struct
-from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -37,23 +33,6 @@ MODELS = {
     "qwen2_moe": Qwen2MoeForCausalLM,
     "deepseek_v32": DeepseekV32ForCausalLM,
 }
-
-
-def stored_names(file: Path) -> list[str]:
-    """Tensor names of one safetensors file in the order their bytes are laid out."""
-    with open(file, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    header.pop("__metadata__", None)
-    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
-
-
-def read_file(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as f:
-        for name in stored_names(file):
-            yield name, f.get_tensor(name)
 
 
 class ReferenceLoader:
@@ -79,7 +58,7 @@ class ReferenceLoader:
             if files is None:  # a bare stream of (name, tensor)
                 return set(model.load_weights(checkpoint.weights()))
             for file in files():
-                loaded |= set(model.load_weights(read_file(file)))
+                loaded |= set(model.load_weights(checkpoint.file_weights(file)))
         return loaded
 
     def state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
