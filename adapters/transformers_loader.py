@@ -1,4 +1,4 @@
-"""The suite against Hugging Face transformers 5.x (CPU): ``--loader=adapters.transformers_loader``.
+"""The suite against Hugging Face transformers 5.x (CPU): ``--loader=weightcheck.adapters.transformers_loader``.
 
 Install transformers and PEFT outside the main environment with
 ``ci/adapters/install_transformers.sh`` and put that directory on ``PYTHONPATH``
@@ -42,7 +42,7 @@ import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.core_model_loading import revert_weight_conversion  # noqa: E402
 
-from conformance import Capabilities  # noqa: E402
+from weightcheck.conformance import Capabilities  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()

@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 import vllm  # noqa: E402
 
-from conformance.protocol import Capabilities  # noqa: E402
+from weightcheck.conformance.protocol import Capabilities  # noqa: E402
 
 VLLM_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -199,7 +199,7 @@ class VllmLoader:
         return self._runtime
 
     def build(self, arch, placement) -> VllmModel:
-        from reference_models.families import family_spec
+        from weightcheck.reference_models.families import family_spec
         from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
         from vllm.model_executor.model_loader.utils import get_model_architecture
         from vllm.utils.torch_utils import set_default_torch_dtype

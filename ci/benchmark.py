@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of the conformance properties, and where the time goes: harness or loader.
 
-    python ci/benchmark.py --loader=reference_models.reference_loader \
+    python ci/benchmark.py --loader=weightcheck.reference_models.reference_loader \
         [--examples N] [--seed S] [--json OUT] [--suite-timing [--profile dev]]
 
 For every property x family (default: every property of the suite and every family the loader
@@ -17,7 +17,7 @@ time (Hypothesis itself, drawing, tensor values, writing safetensors, the oracle
 comparison, scratch directories) is harness time.
 
 Unless ``--no-breakdown`` is given, the harness time is further split by timing (exclusively,
-so nested sections are not counted twice) the helpers ``conformance.properties`` calls.  This
+so nested sections are not counted twice) the helpers ``weightcheck.conformance.properties`` calls.  This
 patches module attributes in this process only; no file is changed.
 
 ``--suite-timing`` also times the whole pytest suite in a subprocess, without xdist and with
@@ -52,12 +52,12 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fixtures.materialize as materialize  # noqa: E402
-import conformance.harness as harness_module  # noqa: E402
-from conformance import properties  # noqa: E402
-from conformance.harness import Harness  # noqa: E402
-from conformance.protocol import FAMILIES, LoaderAdapter, resolve_loader  # noqa: E402
-from conformance.runner import PROPERTIES  # noqa: E402
+import weightcheck.fixtures.materialize as materialize  # noqa: E402
+import weightcheck.conformance.harness as harness_module  # noqa: E402
+from weightcheck.conformance import properties  # noqa: E402
+from weightcheck.conformance.harness import Harness  # noqa: E402
+from weightcheck.conformance.protocol import FAMILIES, LoaderAdapter, resolve_loader  # noqa: E402
+from weightcheck.conformance.runner import PROPERTIES  # noqa: E402
 
 LOADER_SECTIONS = ("loader.build", "loader.load", "loader.state", "loader.check_loaded")
 HARNESS_SECTIONS = (
@@ -154,7 +154,7 @@ class TimedLoader:
 
 @contextlib.contextmanager
 def harness_breakdown(clock: Clock):
-    """Time the harness helpers that ``conformance.properties`` calls (this process only)."""
+    """Time the harness helpers that ``weightcheck.conformance.properties`` calls (this process only)."""
     original_scratch = properties.scratch_dir
 
     @contextlib.contextmanager
@@ -182,7 +182,7 @@ def harness_breakdown(clock: Clock):
         (properties, "state_mismatches", "compare"),
         (properties, "_mark_covered", "compare"),  # all_ranks
         (properties, "needed_tensors", "oracle"),  # nested in draw: exclusive, not draw time
-        (harness_module, "draw_example", "draw"),  # Harness.check's drawing (conformance.runner)
+        (harness_module, "draw_example", "draw"),  # Harness.check's drawing (weightcheck.conformance.runner)
     ]
     patches = [(properties, "scratch_dir", scratch_dir)] + [
         (mod, attr, clock.wrap(section, getattr(mod, attr)))
@@ -332,7 +332,7 @@ def combine(prop: str, family: str, parts: list[Result]) -> Result:
 
 
 def _profile_derandomized(profile: str) -> bool:
-    from conformance.profiles import register_profiles
+    from weightcheck.conformance.profiles import register_profiles
 
     register_profiles()
     try:

@@ -15,8 +15,8 @@ from collections import Counter
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from conformance.protocol import FAMILIES
-from strategies import cases
+from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.strategies import cases
 
 FEATURES = (
     "tensor_parallel",

@@ -11,11 +11,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from conformance.casefiles import SCHEMA
-from conformance.runner import Example
-from fixtures.case import Case, CheckpointRecipe
-from reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
-from reference_models.families import family_spec
+from weightcheck.conformance.casefiles import SCHEMA
+from weightcheck.conformance.runner import Example
+from weightcheck.fixtures.case import Case, CheckpointRecipe
+from weightcheck.reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
+from weightcheck.reference_models.families import family_spec
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "regressions"
 

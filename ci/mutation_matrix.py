@@ -58,11 +58,11 @@ if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
 import hypothesis  # noqa: E402
 import torch  # noqa: E402
 
-from conformance.assertions import PropertyFailure  # noqa: E402
-from conformance.profiles import CI_EXAMPLES, DEV_EXAMPLES  # noqa: E402
-from conformance.protocol import FAMILIES, Capabilities  # noqa: E402
-from conformance.runner import PROPERTIES  # noqa: E402  (the suite's order)
-from reference_models.reference_loader import loader as reference_loader  # noqa: E402
+from weightcheck.conformance.assertions import PropertyFailure  # noqa: E402
+from weightcheck.conformance.profiles import CI_EXAMPLES, DEV_EXAMPLES  # noqa: E402
+from weightcheck.conformance.protocol import FAMILIES, Capabilities  # noqa: E402
+from weightcheck.conformance.runner import PROPERTIES  # noqa: E402  (the suite's order)
+from weightcheck.reference_models.reference_loader import loader as reference_loader  # noqa: E402
 from tests.helpers import run_search  # noqa: E402
 from tests.mutants import BY_NAME, MUTANTS  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 The public protocol types are importable from here::
 
-    from conformance import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA, Quant, MLA
+    from weightcheck.conformance import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA, Quant, MLA
 
 They are imported on first use: the plugin is loaded by every pytest run wherever weightcheck
 is installed, and must not make those runs import torch.
@@ -11,16 +11,16 @@ is installed, and must not make those runs import torch.
 from importlib import import_module
 
 _EXPORTS = {
-    "Arch": "reference_models.arch",
-    "Placement": "reference_models.arch",
-    "MoE": "reference_models.arch",
-    "LoRA": "reference_models.arch",
-    "Quant": "reference_models.arch",
-    "MLA": "reference_models.arch",
-    "Checkpoint": "fixtures.checkpoint",
-    "Capabilities": "conformance.protocol",
-    "FAMILIES": "conformance.protocol",
-    "FEATURES": "conformance.protocol",
+    "Arch": "weightcheck.reference_models.arch",
+    "Placement": "weightcheck.reference_models.arch",
+    "MoE": "weightcheck.reference_models.arch",
+    "LoRA": "weightcheck.reference_models.arch",
+    "Quant": "weightcheck.reference_models.arch",
+    "MLA": "weightcheck.reference_models.arch",
+    "Checkpoint": "weightcheck.fixtures.checkpoint",
+    "Capabilities": "weightcheck.conformance.protocol",
+    "FAMILIES": "weightcheck.conformance.protocol",
+    "FEATURES": "weightcheck.conformance.protocol",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, NoReturn
 
 import torch
 
-from reference_models.oracle import Expected, ExpectedParam, Piece
+from weightcheck.reference_models.oracle import Expected, ExpectedParam, Piece
 
 MAX_REPORTED = 8
 

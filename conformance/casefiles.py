@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conformance import Arch, Checkpoint, Placement
+from weightcheck.conformance import Arch, Checkpoint, Placement
 
 HERE = Path(__file__).resolve().parent
 
@@ -114,8 +114,8 @@ def export_case(case_file: str | Path, out_dir: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    from fixtures.materialize import case_tensors, write_case
-    from reference_models.oracle import expected_state
+    from weightcheck.fixtures.materialize import case_tensors, write_case
+    from weightcheck.reference_models.oracle import expected_state
 
     example, body = read_case_file(case_file)
     case, out = example.case, Path(out_dir)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m conformance.casefiles",
+        prog="python -m weightcheck.conformance.casefiles",
         description="Export a weightcheck case file as a plain checkpoint directory with a script.",
     )
     parser.add_argument("case_file")

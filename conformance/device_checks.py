@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import torch
 
-from fixtures.case import Case
-from fixtures.materialize import case_tensors, scratch_dir, write_case
-from reference_models.oracle import dequantize
-from reference_models.oracle.expected import dequantized_weights
+from weightcheck.fixtures.case import Case
+from weightcheck.fixtures.materialize import case_tensors, scratch_dir, write_case
+from weightcheck.reference_models.oracle import dequantize
+from weightcheck.reference_models.oracle.expected import dequantized_weights
 
 from .assertions import fail, same_bits
 from .properties import LoaderRaised, NotSupported, _call, _expected, context, roundtrip

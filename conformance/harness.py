@@ -11,7 +11,7 @@ import pytest
 from hypothesis import currently_in_test_context, event
 from hypothesis import strategies as st
 
-from fixtures.case import Case
+from weightcheck.fixtures.case import Case
 
 from .properties import NotSupported
 from .protocol import LoaderAdapter
@@ -44,7 +44,7 @@ class Harness:
         self, check, data: st.DataObject, family: str, methods: tuple[str, ...], device: str = "cuda"
     ) -> None:
         """Draw an FP8 case on ``device`` and run one of ``device_checks`` on it."""
-        from strategies.cases import fp8_cases
+        from weightcheck.strategies.cases import fp8_cases
 
         caps = self.loader.capabilities
         supported = tuple(m for m in methods if caps.supports(m))

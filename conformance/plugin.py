@@ -80,7 +80,9 @@ def _targets_conformance(config: pytest.Config) -> bool:
     for arg in config.args:
         target = arg.split("::")[0]
         if config.option.pyargs and not Path(target).exists():
-            if target == "conformance" or target.startswith("conformance."):
+            if target in ("weightcheck", "weightcheck.conformance") or target.startswith(
+                "weightcheck.conformance."
+            ):
                 return True
             continue
         path = (Path(config.invocation_params.dir) / target).resolve()
@@ -101,7 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if _targets_conformance(config):
             raise pytest.UsageError(
                 "the weightcheck conformance suite needs --loader=MODULE[:ATTR] naming the "
-                "loader under test (e.g. --loader=reference_models.reference_loader); the "
+                "loader under test (e.g. --loader=weightcheck.reference_models.reference_loader); the "
                 "suite's own tests run without it: pytest tests"
             )
         return
@@ -393,8 +395,8 @@ def _replay_text(item: pytest.Item, case_file: Path | None) -> str:
     if case_file is not None:
         lines += [
             f"case file: {case_file}",
-            f"pytest --pyargs conformance --loader={loader} --replay={case_file}",
-            f"as a plain checkpoint with a standalone script: python -m conformance.casefiles {case_file} OUT_DIR",
+            f"pytest --pyargs weightcheck.conformance --loader={loader} --replay={case_file}",
+            f"as a plain checkpoint with a standalone script: python -m weightcheck.conformance.casefiles {case_file} OUT_DIR",
         ]
     parts = ["pytest", f"--loader={loader}", f"--hypothesis-profile={config.option.hypothesis_profile}"]
     seed = config.getoption("hypothesis_seed", None)

@@ -15,11 +15,11 @@ from typing import Any, Callable
 import torch
 
 
-from fixtures.case import Case, CheckpointRecipe
-from fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
-from reference_models.families import checkpoint_specs
-from reference_models.oracle import Expected, expected_state, source_view
-from reference_models.oracle.expected import checkpoint_shapes, needed_sources
+from weightcheck.fixtures.case import Case, CheckpointRecipe
+from weightcheck.fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
+from weightcheck.reference_models.families import checkpoint_specs
+from weightcheck.reference_models.oracle import Expected, expected_state, source_view
+from weightcheck.reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
 from .assertions import fail, same_bits, state_mismatches
 from .protocol import LoaderAdapter

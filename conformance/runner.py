@@ -12,10 +12,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from fixtures.case import Case, CheckpointRecipe
-from strategies import cases, relayouts
-from strategies.archs import loras
-from strategies.checkpoints import value_seeds
+from weightcheck.fixtures.case import Case, CheckpointRecipe
+from weightcheck.strategies import cases, relayouts
+from weightcheck.strategies.archs import loras
+from weightcheck.strategies.checkpoints import value_seeds
 
 from . import properties
 from .protocol import FEATURES, Capabilities, LoaderAdapter

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.protocol import FAMILIES
+from weightcheck.conformance.protocol import FAMILIES
 
 PROPERTY = "check_loaded"
 pytestmark = pytest.mark.conformance

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.protocol import FAMILIES
+from weightcheck.conformance.protocol import FAMILIES
 
 PROPERTY = "checkpoint_unchanged"
 pytestmark = pytest.mark.conformance

@@ -2,7 +2,7 @@
 
 Without a CUDA device every test here is skipped with the reason, and the run passes.  Select
 it alone with ``-m gpu``; leave it out with ``-m "not gpu"``.  The checks themselves are in
-``conformance.device_checks`` (the project's tests also run them on CPU).
+``weightcheck.conformance.device_checks`` (the project's tests also run them on CPU).
 """
 
 import pytest
@@ -10,9 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import device_checks
-from conformance.protocol import FAMILIES
-from conformance.runner import FP8_FAMILIES, PROPERTIES
+from weightcheck.conformance import device_checks
+from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.conformance.runner import FP8_FAMILIES, PROPERTIES
 
 PROPERTY = "gpu"
 pytestmark = [pytest.mark.conformance, pytest.mark.gpu]

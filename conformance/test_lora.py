@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.protocol import FAMILIES
+from weightcheck.conformance.protocol import FAMILIES
 
 PROPERTY = "lora_equivalence"
 pytestmark = pytest.mark.conformance

@@ -1,6 +1,6 @@
 """Tiny, valid architectures per family, for a given tensor-parallel size and layer count.
 
-The parallel sizes are drawn first (``strategies.cases``) and each family's strategy builds
+The parallel sizes are drawn first (``weightcheck.strategies.cases``) and each family's strategy builds
 only shapes they can split: heads and intermediate sizes divisible by tp, kv-head counts that
 tp either divides or is a multiple of (GQA replication), at least ``min_layers`` layers for
 the pipeline ranks.  No ``assume``: invalid shapes are never drawn.  A new family adds one
@@ -14,9 +14,9 @@ import functools
 
 from hypothesis import strategies as st
 
-from conformance.protocol import Capabilities
-from reference_models.arch import DTYPES, IGNORE_KEYS, LORA_TARGETS, MLA, Arch, LoRA, MoE, Quant
-from reference_models.families import family_spec
+from weightcheck.conformance.protocol import Capabilities
+from weightcheck.reference_models.arch import DTYPES, IGNORE_KEYS, LORA_TARGETS, MLA, Arch, LoRA, MoE, Quant
+from weightcheck.reference_models.families import family_spec
 
 DTYPE_NAMES = tuple(DTYPES)
 MAX_LAYERS = 4

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
-from conformance.protocol import Capabilities
-from fixtures.case import Case
+from weightcheck.conformance.protocol import Capabilities
+from weightcheck.fixtures.case import Case
 
 from .archs import ARCH_STRATEGIES, quants
 from .checkpoints import checkpoint_recipes

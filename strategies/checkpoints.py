@@ -6,9 +6,9 @@ import random
 
 from hypothesis import strategies as st
 
-from fixtures.case import CheckpointRecipe
-from reference_models.arch import Arch
-from reference_models.families import checkpoint_specs, family_spec
+from weightcheck.fixtures.case import CheckpointRecipe
+from weightcheck.reference_models.arch import Arch
+from weightcheck.reference_models.families import checkpoint_specs, family_spec
 
 
 def value_seeds() -> st.SearchStrategy[int]:

@@ -10,10 +10,10 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import UnsatisfiedAssumption
 
-from conformance import properties
-from conformance.assertions import PropertyFailure
-from conformance.protocol import Capabilities, LoaderAdapter
-from conformance.runner import draw_example, run_example, skip_reason
+from weightcheck.conformance import properties
+from weightcheck.conformance.assertions import PropertyFailure
+from weightcheck.conformance.protocol import Capabilities, LoaderAdapter
+from weightcheck.conformance.runner import draw_example, run_example, skip_reason
 
 
 def adapter(loader) -> LoaderAdapter:

@@ -14,20 +14,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from reference_models.reference_loader.gpt2 import CONV1D_MODULES, GPT2LMHeadModel
-from reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
-from reference_models.reference_loader.layers import (
+from weightcheck.reference_models.reference_loader.gpt2 import CONV1D_MODULES, GPT2LMHeadModel
+from weightcheck.reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
+from weightcheck.reference_models.reference_loader.layers import (
     LinearBase,
     QKVParallelLinear,
     VocabParallelEmbedding,
     block_cover,
     ceil_div,
 )
-from reference_models.reference_loader.llama import LlamaForCausalLM
-from reference_models.reference_loader.loader import MODELS, ReferenceLoader
-from reference_models.reference_loader.moe import FusedMoE
-from reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
-from reference_models.reference_loader.tracking import tracker_for
+from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM
+from weightcheck.reference_models.reference_loader.loader import MODELS, ReferenceLoader
+from weightcheck.reference_models.reference_loader.moe import FusedMoE
+from weightcheck.reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
+from weightcheck.reference_models.reference_loader.tracking import tracker_for
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class PerFileLoader(ReferenceLoader):
     def load(self, model, checkpoint):
         from safetensors import safe_open
 
-        from fixtures.checkpoint import stored_order
+        from weightcheck.fixtures.checkpoint import stored_order
 
         loaded = set()
         for file in checkpoint.files():

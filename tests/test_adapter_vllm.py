@@ -6,8 +6,8 @@ import torch
 
 pytest.importorskip("vllm")
 
-from adapters import vllm_loader  # noqa: E402
-from conformance.protocol import FAMILIES, FEATURES  # noqa: E402
+from weightcheck.adapters import vllm_loader  # noqa: E402
+from weightcheck.conformance.protocol import FAMILIES, FEATURES  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -49,10 +49,10 @@ def test_capabilities_are_single_rank_without_lora():
 
 def test_moe_build_and_load_maps_expert_names():
     """A tiny Qwen3-MoE through vLLM: state and loaded set both use the canonical names."""
-    from fixtures.case import Case, CheckpointRecipe
-    from fixtures.materialize import scratch_dir, write_case
-    from reference_models.arch import Arch, MoE, Placement
-    from reference_models.families import checkpoint_specs
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.arch import Arch, MoE, Placement
+    from weightcheck.reference_models.families import checkpoint_specs
 
     arch = Arch("qwen3_moe", 16, 1, 2, 2, 8, 8, 40, moe=MoE(2, 1, 8))
     names = sorted(checkpoint_specs(arch, "per_expert"))
@@ -69,10 +69,10 @@ def test_moe_build_and_load_maps_expert_names():
 
 
 def _llama_load(drop=None):
-    from fixtures.case import Case, CheckpointRecipe
-    from fixtures.materialize import scratch_dir, write_case
-    from reference_models.arch import Arch, Placement
-    from reference_models.families import checkpoint_specs
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.arch import Arch, Placement
+    from weightcheck.reference_models.families import checkpoint_specs
 
     arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40)
     names = sorted(n for n in checkpoint_specs(arch, "default") if n != drop)
@@ -151,10 +151,10 @@ def test_fp8_is_opt_in():
 def test_fp8_per_tensor_llama_loads_bytes_and_per_shard_scales():
     """bf16 FP8 llama: fp8 bytes, per-shard scales, no attention KV-cache scales in state, and
     vLLM's own check (quantized=True) silent on the complete load."""
-    from fixtures.case import Case, CheckpointRecipe
-    from fixtures.materialize import scratch_dir, write_case
-    from reference_models.arch import Arch, Placement, Quant
-    from reference_models.families import checkpoint_specs
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.arch import Arch, Placement, Quant
+    from weightcheck.reference_models.families import checkpoint_specs
 
     arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40, quant=Quant("fp8_per_tensor", "static"), dtype="bfloat16")
     names = sorted(checkpoint_specs(arch, "default"))

@@ -3,12 +3,12 @@ itself is missing: as right as skipping the copy, if the values are right (trans
 this); wrong values still fail."""
 
 
-from conformance.properties import missing_tensor
-from conformance.assertions import PropertyFailure
-from fixtures.case import Case, CheckpointRecipe
-from reference_models.arch import Arch, Placement
-from reference_models.families import checkpoint_specs
-from reference_models.reference_loader.loader import ReferenceLoader
+from weightcheck.conformance.properties import missing_tensor
+from weightcheck.conformance.assertions import PropertyFailure
+from weightcheck.fixtures.case import Case, CheckpointRecipe
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.families import checkpoint_specs
+from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
 
 from .helpers import adapter
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.casefiles import CaseFileError, export_case, read_case_file, write_case_file
+from weightcheck.conformance.casefiles import CaseFileError, export_case, read_case_file, write_case_file
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "regressions"
 CASE = CORPUS / "seed-41086-missing-bias-untracked.json"
@@ -35,7 +35,7 @@ def test_export_writes_an_hf_checkpoint_and_a_script_that_checks_a_loader(tmp_pa
     names = sorted(p.name for p in (out / "checkpoint").iterdir())
     assert "config.json" in names and "model.safetensors.index.json" in names
     ok = subprocess.run(
-        [sys.executable, str(out / "reproduce.py"), "--loader", "reference_models.reference_loader"],
+        [sys.executable, str(out / "reproduce.py"), "--loader", "weightcheck.reference_models.reference_loader"],
         capture_output=True, text=True, check=True,
     )
     assert ok.stdout.strip().endswith("OK"), ok.stdout

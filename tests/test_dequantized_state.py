@@ -5,12 +5,12 @@ from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 
-from conformance.assertions import PropertyFailure
-from conformance.properties import roundtrip, tracking
-from conformance.protocol import Capabilities, FEATURES
-from reference_models.reference_loader.layers import LinearBase
-from reference_models.reference_loader.loader import ReferenceLoader
-from strategies.cases import fp8_cases
+from weightcheck.conformance.assertions import PropertyFailure
+from weightcheck.conformance.properties import roundtrip, tracking
+from weightcheck.conformance.protocol import Capabilities, FEATURES
+from weightcheck.reference_models.reference_loader.layers import LinearBase
+from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
+from weightcheck.strategies.cases import fp8_cases
 
 from .helpers import adapter
 

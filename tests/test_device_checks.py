@@ -12,13 +12,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance import device_checks
-from conformance.assertions import PropertyFailure
-from conformance.runner import FP8_FAMILIES
-from reference_models.reference_loader import loader as reference
-from reference_models.reference_loader.layers import LinearBase
-from reference_models.reference_loader.loader import ReferenceLoader
-from strategies.cases import fp8_cases
+from weightcheck.conformance import device_checks
+from weightcheck.conformance.assertions import PropertyFailure
+from weightcheck.conformance.runner import FP8_FAMILIES
+from weightcheck.reference_models.reference_loader import loader as reference
+from weightcheck.reference_models.reference_loader.layers import LinearBase
+from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
+from weightcheck.strategies.cases import fp8_cases
 
 from .helpers import adapter
 from .mutants import BY_NAME
@@ -110,7 +110,7 @@ def test_device_checks_need_the_post_load_hooks():
         def load(self, model, checkpoint):
             return reference.load(model, checkpoint)
 
-    from conformance.properties import NotSupported
+    from weightcheck.conformance.properties import NotSupported
 
     @settings(max_examples=1, database=None, deadline=None)
     @given(case=_cases("llama", ("fp8_block",)))
@@ -123,7 +123,7 @@ def test_device_checks_need_the_post_load_hooks():
 
 def test_the_gpu_tests_harness_path_runs_on_cpu():
     """What conformance/test_gpu.py calls, with the device swapped for CPU."""
-    from conformance.harness import Harness
+    from weightcheck.conformance.harness import Harness
 
     harness = Harness(adapter(reference))
 

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from safetensors import safe_open
 
-from fixtures.case import Case
-from fixtures.checkpoint import Checkpoint
-from fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
-from strategies import cases
+from weightcheck.fixtures.case import Case
+from weightcheck.fixtures.checkpoint import Checkpoint
+from weightcheck.fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
+from weightcheck.strategies import cases
 
 
 @settings(max_examples=30, deadline=None)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from fixtures.materialize import scratch_dir, write_case
-from strategies import cases
+from weightcheck.fixtures.materialize import scratch_dir, write_case
+from weightcheck.strategies import cases
 
 FAMILY_CLASSES = {
     "llama": "LlamaForCausalLM",

@@ -5,9 +5,9 @@
 
 import pytest
 
-from conformance.protocol import FAMILIES
-from conformance.runner import PROPERTIES
-from reference_models.reference_loader import loader as reference
+from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.conformance.runner import PROPERTIES
+from weightcheck.reference_models.reference_loader import loader as reference
 
 from .helpers import search
 from .mutants import MUTANTS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.protocol import FAMILIES
+from weightcheck.conformance.protocol import FAMILIES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "ci" / "mutation_matrix.py"
 
@@ -26,7 +26,7 @@ def matrix():
 
 
 def test_properties_in_the_suites_order(matrix):
-    from conformance.runner import PROPERTIES
+    from weightcheck.conformance.runner import PROPERTIES
 
     assert matrix.PROPERTIES == PROPERTIES
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from conformance.casefiles import read_case_file
+from weightcheck.conformance.casefiles import read_case_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "ci" / "templates"
 WORKFLOW = TEMPLATES / "weightcheck-nightly.yml"
 GPT2_CASE = ROOT / "fixtures" / "regressions" / "seed-38074-jais-conv1d-tied-masks.json"
-REFERENCE = "reference_models.reference_loader"
+REFERENCE = "weightcheck.reference_models.reference_loader"
 RUN_TIMEOUT = 180
 
 # A loader with one bug: transformer.ln_f.bias (gpt2, last pipeline rank) is zeroed after loading.
@@ -213,7 +213,7 @@ def test_pytest_step_has_the_nightly_options(workflow):
     command = step["run"]
     assert "${{" not in command, "the pytest step must be plain bash (the test runs it as is)"
     for needed in (
-        "--pyargs conformance",
+        "--pyargs weightcheck.conformance",
         '--loader="$WEIGHTCHECK_LOADER"',
         '--hypothesis-profile="$WEIGHTCHECK_PROFILE"',
         "-n auto",

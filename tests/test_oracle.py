@@ -2,9 +2,9 @@
 
 import torch
 
-from reference_models.arch import Arch, Placement
-from reference_models.oracle import expected_state
-from reference_models.oracle.expected import needed_sources
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.oracle import expected_state
+from weightcheck.reference_models.oracle.expected import needed_sources
 
 
 def llama(**kw):
@@ -17,7 +17,7 @@ def llama(**kw):
 
 def numbered(arch):
     """Each checkpoint tensor holds distinct values: element i of tensor k is 1000*k + i."""
-    from reference_models.families import family_spec
+    from weightcheck.reference_models.families import family_spec
 
     specs = family_spec(arch.family).checkpoint(arch)
     return {

@@ -2,11 +2,11 @@
 
 import torch
 
-from fixtures.values import checkpoint_values
-from reference_models.arch import MLA, Arch, MoE, Placement, Quant
-from reference_models.families import checkpoint_specs, family_spec
-from reference_models.oracle import dequantize, expected_state
-from reference_models.oracle.expected import dequantized_weights
+from weightcheck.fixtures.values import checkpoint_values
+from weightcheck.reference_models.arch import MLA, Arch, MoE, Placement, Quant
+from weightcheck.reference_models.families import checkpoint_specs, family_spec
+from weightcheck.reference_models.oracle import dequantize, expected_state
+from weightcheck.reference_models.oracle.expected import dequantized_weights
 
 
 def _state(arch, placement, fmt="default", seed=3):

@@ -1,4 +1,4 @@
-"""End-to-end tests of the weightcheck pytest plugin (``conformance.plugin``).
+"""End-to-end tests of the weightcheck pytest plugin (``weightcheck.conformance.plugin``).
 
 Every run is a subprocess (``runpytest_subprocess``): the plugin loads Hypothesis profiles and
 seeds, which are process-global.  Each run imports torch (about 2 s), so runs are few and the
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import conformance
-from conformance.protocol import FAMILIES, LoaderSpecError, resolve_loader
+import weightcheck.conformance
+from weightcheck.conformance.protocol import FAMILIES, LoaderSpecError, resolve_loader
 
-CONFORMANCE = Path(conformance.__file__).resolve().parent
-REFERENCE = "reference_models.reference_loader"
+CONFORMANCE = Path(weightcheck.conformance.__file__).resolve().parent
+REFERENCE = "weightcheck.reference_models.reference_loader"
 TIMEOUT = 180
 
 ROUNDTRIP_GPT2 = f"{CONFORMANCE / 'test_roundtrip.py'}::test_state_matches_checkpoint[gpt2]"
@@ -38,7 +38,7 @@ LOADERS = {
         raise RuntimeError("this loader module is broken on purpose")
     """,
     "unknown_caps": """
-        from reference_models.reference_loader import loader as ref
+        from weightcheck.reference_models.reference_loader import loader as ref
 
         class UnknownCaps:
             capabilities = {"families": ["llama", "mamba"], "features": ["warp_drive"]}
@@ -48,7 +48,7 @@ LOADERS = {
         loader = UnknownCaps()
     """,
     "caps_not_names": """
-        from reference_models.reference_loader import loader as ref
+        from weightcheck.reference_models.reference_loader import loader as ref
 
         class CapsNotNames:
             capabilities = {"families": 5}
@@ -73,7 +73,7 @@ LOADERS = {
     "zeroing_loader": (Path(__file__).parent / "loaders" / "zeroing_loader.py").read_text(),
     # Supports llama only, no optional features, and does no weight tracking.
     "llama_untracked": """
-        from reference_models.reference_loader import loader as ref
+        from weightcheck.reference_models.reference_loader import loader as ref
 
         class LlamaUntracked:
             name = "llama only, untracked"
@@ -126,7 +126,7 @@ def summary_section(result: pytest.RunResult) -> list[str]:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        pytest.param(("--pyargs", "conformance"), "needs --loader", id="pyargs-no-loader"),
+        pytest.param(("--pyargs", "weightcheck.conformance"), "needs --loader", id="pyargs-no-loader"),
         pytest.param((str(CONFORMANCE),), "needs --loader", id="path-no-loader"),
         pytest.param(
             ("--loader=no_such_module_xyz",),
@@ -263,8 +263,8 @@ def test_failing_loader_reports_parameter_and_replay(loaders):
     # ... and the case file, replayed alone, fails the same way without Hypothesis.
     case_line = next(line for line in result.outlines if line.startswith("case file: "))
     case_file = case_line.split(": ", 1)[1]
-    assert f"pytest --pyargs conformance --loader=zeroing_loader --replay={case_file}" in result.outlines
-    replayed = run(loaders, "--pyargs", "conformance", "--loader=zeroing_loader", f"--replay={case_file}")
+    assert f"pytest --pyargs weightcheck.conformance --loader=zeroing_loader --replay={case_file}" in result.outlines
+    replayed = run(loaders, "--pyargs", "weightcheck.conformance", "--loader=zeroing_loader", f"--replay={case_file}")
     assert replayed.ret == pytest.ExitCode.TESTS_FAILED, output(replayed)
     assert "transformer.ln_f.bias" in output(replayed)
     assert "test_regression[" in output(replayed) and "test_state_matches" not in output(replayed)
@@ -303,7 +303,7 @@ def test_loading_the_plugin_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, conformance.plugin; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, weightcheck.conformance.plugin; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -15,7 +15,7 @@ def readme_commands() -> list[str]:
 def test_readme_has_two_setup_commands():
     commands = readme_commands()
     assert len(commands) == 2
-    assert "--loader=reference_models.reference_loader" in commands[0]
+    assert "--loader=weightcheck.reference_models.reference_loader" in commands[0]
     assert "pytest tests" in commands[1]
 
 

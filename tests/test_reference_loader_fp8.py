@@ -13,10 +13,10 @@ import dataclasses
 import pytest
 import torch
 
-from fixtures.checkpoint import write_checkpoint
-from reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
-from reference_models.reference_loader import loader
-from reference_models.reference_loader.tracking import load_session
+from weightcheck.fixtures.checkpoint import write_checkpoint
+from weightcheck.reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
+from weightcheck.reference_models.reference_loader import loader
+from weightcheck.reference_models.reference_loader.tracking import load_session
 
 from .test_reference_loader_moe import qwen_tensors
 from .test_reference_loader_smoke import assert_complete, llama_tensors, load

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_models.arch import Arch, LoRA, MoE, Placement
-from reference_models.reference_loader import loader
-from reference_models.reference_loader.lora import LoRAWrapper
-from reference_models.reference_loader.moe import FusedMoE
-from reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
+from weightcheck.reference_models.arch import Arch, LoRA, MoE, Placement
+from weightcheck.reference_models.reference_loader import loader
+from weightcheck.reference_models.reference_loader.lora import LoRAWrapper
+from weightcheck.reference_models.reference_loader.moe import FusedMoE
+from weightcheck.reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
 
 from .test_reference_loader_smoke import assert_complete, llama_tensors, load
 

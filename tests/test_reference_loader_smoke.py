@@ -12,10 +12,10 @@ import random
 import pytest
 import torch
 
-from fixtures.checkpoint import write_checkpoint
-from reference_models.arch import Arch, Placement
-from reference_models.reference_loader import loader
-from reference_models.reference_loader.gpt2 import GPT2LMHeadModel
+from weightcheck.fixtures.checkpoint import write_checkpoint
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.reference_loader import loader
+from weightcheck.reference_models.reference_loader.gpt2 import GPT2LMHeadModel
 
 
 def llama_tensors(arch: Arch, seed: int = 0) -> dict[str, torch.Tensor]:

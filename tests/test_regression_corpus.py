@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from conformance.assertions import PropertyFailure
-from conformance.casefiles import read_case_file
-from conformance.runner import PROPERTIES, Example, not_applicable, run_example
-from reference_models.reference_loader import loader as reference
+from weightcheck.conformance.assertions import PropertyFailure
+from weightcheck.conformance.casefiles import read_case_file
+from weightcheck.conformance.runner import PROPERTIES, Example, not_applicable, run_example
+from weightcheck.reference_models.reference_loader import loader as reference
 
 from .helpers import adapter
 from .mutants import BY_NAME

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from conformance.protocol import Capabilities
-from reference_models.oracle.expected import needed_sources
-from strategies import cases
+from weightcheck.conformance.protocol import Capabilities
+from weightcheck.reference_models.oracle.expected import needed_sources
+from weightcheck.strategies import cases
 
 REACHABLE = {
     "tp 4, rank 3": lambda c: c.placement.tp_size == 4 and c.placement.tp_rank == 3,

@@ -19,7 +19,7 @@ if [ -n "$seed" ]; then
   seed_args=(--hypothesis-seed="$seed")
 fi
 export PYTHONPATH="$extras:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_DEACTIVATE_ASYNC_LOAD=1
-exec python -m pytest --loader=adapters.transformers_loader -n 2 -p no:cacheprovider \
+exec python -m pytest --loader=weightcheck.adapters.transformers_loader -n 2 -p no:cacheprovider \
   --expect-fail adapters/expectations/transformers.txt \
   --regressions fixtures/regressions/transformers \
   --weightcheck-out "${WEIGHTCHECK_OUT:-weightcheck-results/transformers}" \

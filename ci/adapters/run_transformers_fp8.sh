@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 bash ci/adapters/install_transformers.sh
 extras="$(bash ci/adapters/install_transformers.sh --print-path)"
 export PYTHONPATH="$extras:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_DEACTIVATE_ASYNC_LOAD=1 WEIGHTCHECK_TRANSFORMERS_FP8=1
-exec python -m pytest conformance/test_regressions.py --loader=adapters.transformers_loader -n 2 \
+exec python -m pytest conformance/test_regressions.py --loader=weightcheck.adapters.transformers_loader -n 2 \
   -p no:cacheprovider --expect-fail adapters/expectations/transformers-fp8.txt \
   --regressions fixtures/regressions/transformers \
   -W "ignore::FutureWarning" -W "ignore::DeprecationWarning" "$@"

@@ -8,6 +8,6 @@ bash ci/adapters/install_vllm.sh
 target="$(bash ci/adapters/install_vllm.sh --print-path)"
 export PYTHONPATH="$target:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VLLM_TARGET_DEVICE=cpu VLLM_LOGGING_LEVEL="${VLLM_LOGGING_LEVEL:-ERROR}" WEIGHTCHECK_VLLM_FP8=1
-exec python -m pytest conformance/test_regressions.py --loader=adapters.vllm_loader -n 2 \
+exec python -m pytest conformance/test_regressions.py --loader=weightcheck.adapters.vllm_loader -n 2 \
   --expect-fail adapters/expectations/vllm.txt --regressions fixtures/regressions/vllm \
   -p no:cacheprovider "$@"

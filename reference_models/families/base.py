@@ -20,7 +20,7 @@ class TensorSpec:
     ``role``: a ``weight`` feeds runtime parameters; a ``buffer`` is a non-parameter tensor real
     checkpoints carry and loaders must skip (mask buffers, ``rotary_emb.inv_freq``); an
     ``alias`` is a redundant copy (tied ``lm_head.weight``), also to be skipped.  Only weights
-    are always present.  ``fill`` says how values are made (see ``fixtures.values``).
+    are always present.  ``fill`` says how values are made (see ``weightcheck.fixtures.values``).
     """
 
     shape: tuple[int, ...]
@@ -50,7 +50,7 @@ class FamilySpec:
         raise NotImplementedError
 
     def layout(self, arch, placement, fmt: str = "default") -> dict[str, Any]:
-        """Runtime parameter name -> layout rule (``reference_models.oracle.rules``)."""
+        """Runtime parameter name -> layout rule (``weightcheck.reference_models.oracle.rules``)."""
         raise NotImplementedError
 
 

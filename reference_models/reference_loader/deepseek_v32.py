@@ -25,8 +25,8 @@ from typing import Hashable, Iterable
 import torch
 from torch import nn
 
-from reference_models.arch import Arch, Placement
-from reference_models.reference_loader.layers import (
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.reference_loader.layers import (
     ColumnParallelLinear,
     LayerNorm,
     MergedReplicatedLinear,
@@ -37,8 +37,8 @@ from reference_models.reference_loader.layers import (
     check_shape,
     layer_quant,
 )
-from reference_models.reference_loader.llama import LlamaForCausalLM, LlamaMLP
-from reference_models.reference_loader.tracking import LoadTracker, tracker_for
+from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM, LlamaMLP
+from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
 
 WK = "wk"  # the indexer's key projection, checkpoint ``...indexer.wk.*``
 WK_SHARD = 0  # its rows in wk_weights_proj; weights_proj is shard 1

@@ -15,8 +15,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from reference_models.arch import Arch, Placement
-from reference_models.reference_loader.layers import (
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.reference_loader.layers import (
     ColumnParallelLinear,
     LayerNorm,
     ParallelLMHead,
@@ -26,7 +26,7 @@ from reference_models.reference_loader.layers import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
-from reference_models.reference_loader.tracking import tracker_for
+from weightcheck.reference_models.reference_loader.tracking import tracker_for
 
 CONV1D_MODULES = ("c_attn", "c_proj", "c_fc")
 MASK_BUFFERS = ("bias", "masked_bias")

@@ -16,8 +16,8 @@ from typing import Hashable, Iterable
 import torch
 from torch import nn
 
-from reference_models.arch import Arch, Placement
-from reference_models.reference_loader.layers import (
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.reference_loader.layers import (
     MergedColumnParallelLinear,
     ParallelLMHead,
     PPMissingLayer,
@@ -27,8 +27,8 @@ from reference_models.reference_loader.layers import (
     VocabParallelEmbedding,
     layer_quant,
 )
-from reference_models.reference_loader.lora import wrap_lora
-from reference_models.reference_loader.tracking import LoadTracker, tracker_for
+from weightcheck.reference_models.reference_loader.lora import wrap_lora
+from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
 
 ROTARY_BUFFERS = ("inv_freq", "cos_cached", "sin_cached")
 

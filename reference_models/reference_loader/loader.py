@@ -16,15 +16,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from conformance.protocol import Capabilities
-from reference_models.arch import Arch, Placement
-from reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
-from reference_models.reference_loader.gpt2 import GPT2LMHeadModel
-from reference_models.reference_loader.llama import LlamaForCausalLM
-from reference_models.reference_loader.lora import LoRAWrapper
-from reference_models.reference_loader.qwen2_moe import Qwen2MoeForCausalLM
-from reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
-from reference_models.reference_loader.tracking import load_session
+from weightcheck.conformance.protocol import Capabilities
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
+from weightcheck.reference_models.reference_loader.gpt2 import GPT2LMHeadModel
+from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM
+from weightcheck.reference_models.reference_loader.lora import LoRAWrapper
+from weightcheck.reference_models.reference_loader.qwen2_moe import Qwen2MoeForCausalLM
+from weightcheck.reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
+from weightcheck.reference_models.reference_loader.tracking import load_session
 
 MODELS = {
     "llama": LlamaForCausalLM,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reference_models.arch import Arch
-from reference_models.reference_loader.layers import (
+from weightcheck.reference_models.arch import Arch
+from weightcheck.reference_models.reference_loader.layers import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
 )
-from reference_models.reference_loader.moe import FusedMoE
+from weightcheck.reference_models.reference_loader.moe import FusedMoE
 
 # The weight matrices that get an adapter (never biases or scales).
 LORA_WEIGHTS = ("weight", "w13_weight", "w2_weight")

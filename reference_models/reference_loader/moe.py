@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reference_models.arch import EXPERT_PLACEMENTS, Placement, Quant
-from reference_models.reference_loader.layers import (
+from weightcheck.reference_models.arch import EXPERT_PLACEMENTS, Placement, Quant
+from weightcheck.reference_models.reference_loader.layers import (
     FP8,
     FP8_MAX,
     SCALE_DTYPE,

@@ -25,11 +25,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from reference_models.arch import Arch, Placement
-from reference_models.reference_loader.layers import RMSNorm, ReplicatedLinear, layer_quant
-from reference_models.reference_loader.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP
-from reference_models.reference_loader.moe import FusedMoE
-from reference_models.reference_loader.tracking import LoadTracker, tracker_for
+from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.reference_models.reference_loader.layers import RMSNorm, ReplicatedLinear, layer_quant
+from weightcheck.reference_models.reference_loader.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP
+from weightcheck.reference_models.reference_loader.moe import FusedMoE
+from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
 
 # checkpoint projection of one expert -> MoE shard id
 EXPERT_SHARDS = (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2"))

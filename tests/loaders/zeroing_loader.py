@@ -4,7 +4,7 @@ after loading.  Tests copy this file into their scratch directory and name it wi
 
 import torch
 
-from reference_models.reference_loader import loader as ref
+from weightcheck.reference_models.reference_loader import loader as ref
 
 CORRUPTED = "transformer.ln_f.bias"
 
