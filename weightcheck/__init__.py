@@ -1,1 +1,32 @@
-"""weightcheck: property-based conformance tests for the weight loaders of LLM inference engines."""
+"""weightcheck: property-based conformance tests for the weight loaders of LLM inference engines.
+
+What a loader adapter needs is importable from here::
+
+    from weightcheck import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA, Quant, MLA
+
+The names are resolved on first use: the pytest plugin is loaded by every pytest run wherever
+weightcheck is installed, and must not make those runs import torch.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "Arch": "weightcheck.reference_models.arch",
+    "Placement": "weightcheck.reference_models.arch",
+    "MoE": "weightcheck.reference_models.arch",
+    "LoRA": "weightcheck.reference_models.arch",
+    "Quant": "weightcheck.reference_models.arch",
+    "MLA": "weightcheck.reference_models.arch",
+    "Checkpoint": "weightcheck.fixtures.checkpoint",
+    "Capabilities": "weightcheck.conformance.protocol",
+    "FAMILIES": "weightcheck.conformance.protocol",
+    "FEATURES": "weightcheck.conformance.protocol",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'weightcheck' has no attribute {name!r}")
