@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 import vllm  # noqa: E402
 
-from weightcheck.conformance.protocol import Capabilities  # noqa: E402
+from weightcheck.capabilities import Capabilities  # noqa: E402
 
 VLLM_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",

@@ -56,7 +56,8 @@ import weightcheck.fixtures.materialize as materialize  # noqa: E402
 import weightcheck.conformance.harness as harness_module  # noqa: E402
 from weightcheck.conformance import properties  # noqa: E402
 from weightcheck.conformance.harness import Harness  # noqa: E402
-from weightcheck.conformance.protocol import FAMILIES, LoaderAdapter, resolve_loader  # noqa: E402
+from weightcheck.families import FAMILY_NAMES  # noqa: E402
+from weightcheck.conformance.protocol import LoaderAdapter, resolve_loader  # noqa: E402
 from weightcheck.conformance.runner import PROPERTIES  # noqa: E402
 
 LOADER_SECTIONS = ("loader.build", "loader.load", "loader.state", "loader.check_loaded")
@@ -463,7 +464,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--properties", default=",".join(property_bodies()),
         help=f"comma-separated subset of {','.join(property_bodies())}",
     )
-    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
+    p.add_argument("--families", default=",".join(FAMILY_NAMES), help="comma-separated families")
     p.add_argument(
         "--repeat", type=int, default=3,
         help="run each property x family this many times (the same examples) and keep the "
@@ -499,7 +500,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.properties = [x for x in args.properties.split(",") if x]
     args.families = [x for x in args.families.split(",") if x]
     unknown = sorted(set(args.properties) - set(property_bodies())) + sorted(
-        set(args.families) - set(FAMILIES)
+        set(args.families) - set(FAMILY_NAMES)
     )
     if unknown:
         p.error(f"unknown properties or families: {unknown}")

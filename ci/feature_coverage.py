@@ -15,7 +15,7 @@ from collections import Counter
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.families import FAMILY_NAMES
 from weightcheck.strategies import cases
 
 FEATURES = (
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=50, help="examples per family (dev: 50)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rows = [f for family in FAMILIES for f in collect(family, args.examples, args.seed)]
+    rows = [f for family in FAMILY_NAMES for f in collect(family, args.examples, args.seed)]
     total = len(rows)
     single = Counter(k for r in rows for k in FEATURES if r[k])
     pairs = Counter(
@@ -66,7 +66,7 @@ def main() -> None:
         r["lora"] and r["moe"] and r["pipeline_parallel"] and r["tensor_parallel"] and r["tied_embeddings"]
         for r in rows
     )
-    print(f"{total} cases ({args.examples} per family, families {', '.join(FAMILIES)})\n")
+    print(f"{total} cases ({args.examples} per family, families {', '.join(FAMILY_NAMES)})\n")
     print("| feature | share |\n|---|---|")
     for name in FEATURES:
         print(f"| {name} | {single[name] / total:.0%} |")

@@ -14,7 +14,7 @@ from pathlib import Path
 from weightcheck.conformance.casefiles import SCHEMA
 from weightcheck.conformance.runner import Example
 from weightcheck.fixtures.case import Case, CheckpointRecipe
-from weightcheck.reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
+from weightcheck.arch import MLA, Arch, LoRA, MoE, Placement, Quant
 from weightcheck.reference_models.families import family_spec
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "regressions"

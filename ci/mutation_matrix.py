@@ -60,7 +60,8 @@ import torch  # noqa: E402
 
 from weightcheck.conformance.assertions import PropertyFailure  # noqa: E402
 from weightcheck.conformance.profiles import CI_EXAMPLES, DEV_EXAMPLES  # noqa: E402
-from weightcheck.conformance.protocol import FAMILIES, Capabilities  # noqa: E402
+from weightcheck.capabilities import Capabilities  # noqa: E402
+from weightcheck.families import FAMILY_NAMES  # noqa: E402
 from weightcheck.conformance.runner import PROPERTIES  # noqa: E402  (the suite's order)
 from weightcheck.reference_models.reference_loader import loader as reference_loader  # noqa: E402
 from tests.helpers import run_search  # noqa: E402
@@ -121,7 +122,7 @@ class Outcome:
 def families_of(loader) -> list[str]:
     """The families the loader declares (all of them unless it declares capabilities)."""
     caps = Capabilities.coerce(getattr(loader, "capabilities", None))
-    return [f for f in FAMILIES if f in caps.families]
+    return [f for f in FAMILY_NAMES if f in caps.families]
 
 
 def loader_of(target: str):
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             "derandomize": seeds == [None],
             "seeds": seeds,
             "properties": list(PROPERTIES),
-            "families": list(FAMILIES),
+            "families": list(FAMILY_NAMES),
             "mutants": mutants_json,
             "reference": None
             if args.skip_reference

@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from weightcheck.conformance import Arch, Checkpoint, Placement
+from weightcheck import Arch, Checkpoint, Placement
 
 HERE = Path(__file__).resolve().parent
 

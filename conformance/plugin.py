@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .protocol import FAMILIES, FEATURES, LoaderSpecError, resolve_loader
+from weightcheck.capabilities import FEATURES, LoaderSpecError
+
+from weightcheck.families import FAMILY_NAMES
+
+from .protocol import resolve_loader
 
 if TYPE_CHECKING:
     from .harness import Harness
@@ -166,7 +170,7 @@ def _run_options(config: pytest.Config) -> RunOptions:
         try:
             expectations = parse(config.getoption("expect_fail"))
             stems = {p.stem for p in regression_files(dirs)}
-            validate(expectations, (*PROPERTIES, "gpu"), FAMILIES, stems)
+            validate(expectations, (*PROPERTIES, "gpu"), FAMILY_NAMES, stems)
         except ExpectationsError as exc:
             raise pytest.UsageError(str(exc)) from None
     report = config.getoption("report_json")
@@ -236,7 +240,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"weightcheck: {versions}",
         f"weightcheck: hypothesis profile {config.option.hypothesis_profile}, {seed_text}",
     ]
-    unsupported = sorted(set(FAMILIES) - caps.families) + sorted(set(FEATURES) - caps.features)
+    unsupported = sorted(set(FAMILY_NAMES) - caps.families) + sorted(set(FEATURES) - caps.features)
     if unsupported:
         lines.append(f"weightcheck: not supported by the loader: {', '.join(unsupported)}")
     run = config.stash[RUN_KEY]

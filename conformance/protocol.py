@@ -10,26 +10,10 @@ middle of one.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
-
-FAMILIES = ("llama", "gpt2", "qwen3_moe", "qwen2_moe", "deepseek_v32")
-FEATURES = (
-    "tensor_parallel",
-    "pipeline_parallel",
-    "expert_parallel",
-    "tied_embeddings",
-    "attention_bias",
-    "lora",
-    "sharded_checkpoint",
-    "fused_expert_checkpoint",
-    "fp8_per_tensor",
-    "fp8_block",
-    "cuda",
-)
-# How the loader presents its state, not what it can load: declared, never "unsupported".
-STATE_FORMS = ("fp8_dequantized_state",)
+from weightcheck.capabilities import Capabilities, LoaderSpecError
 
 
 # check_loaded(model, loaded): the loader's own completeness check (vLLM's
@@ -38,67 +22,6 @@ STATE_FORMS = ("fp8_dequantized_state",)
 # linear_forward(model, module, x): apply this rank's linear layer ``module`` (a canonical
 #   runtime parameter name without ``.weight``) to ``x`` [B, K_local], giving [B, N_local].
 OPTIONAL_HOOKS = ("state", "check_loaded", "process_weights_after_loading", "linear_forward")
-
-
-class LoaderSpecError(ValueError):
-    """``--loader`` names nothing usable; the message says what is wrong."""
-
-
-def _names(key: str, value: Any) -> frozenset[str]:
-    """A collection of names as a frozenset; a bare string or a non-collection is an error."""
-    items = None
-    if not isinstance(value, (str, bytes)) and isinstance(value, Iterable):
-        items = list(value)
-    if items is None or not all(isinstance(item, str) for item in items):
-        raise LoaderSpecError(
-            f"capabilities {key} must be a collection of names such as {{'llama'}}, "
-            f"not {value!r}"
-        )
-    return frozenset(items)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a loader supports.  Examples outside it are never generated.
-
-    ``families`` are HF model types; ``features`` are names from ``FEATURES``.  The default is
-    everything in ``FEATURES``.  ``STATE_FORMS`` are not kinds of case but the form of the
-    state, declared the same way: ``fp8_dequantized_state`` is for loaders that dequantise FP8
-    checkpoints at load (transformers on CPU): their FP8 weights are compared with the
-    dequantisation definition in the model dtype, and they have no scale parameters.
-    """
-
-    families: frozenset[str] = field(default_factory=lambda: frozenset(FAMILIES))
-    features: frozenset[str] = field(default_factory=lambda: frozenset(FEATURES))
-
-    def __post_init__(self) -> None:
-        for key in ("families", "features"):
-            object.__setattr__(self, key, _names(key, getattr(self, key)))
-        known = set(FEATURES) | set(STATE_FORMS)
-        unknown = sorted(self.families - set(FAMILIES)) + sorted(self.features - known)
-        if unknown:
-            raise LoaderSpecError(
-                f"capabilities name unknown families or features {unknown}; "
-                f"known families: {list(FAMILIES)}, features: {list(FEATURES + STATE_FORMS)}"
-            )
-
-    @classmethod
-    def coerce(cls, value: Any) -> "Capabilities":
-        if value is None:
-            return cls()
-        if isinstance(value, Capabilities):
-            return value
-        if isinstance(value, Mapping):
-            extra = set(value) - {"families", "features"}
-            if extra:
-                raise LoaderSpecError(f"capabilities has unknown keys {sorted(extra)}")
-            return cls(**value)
-        raise LoaderSpecError(
-            f"capabilities must be a Capabilities or a mapping, not {type(value).__name__}"
-        )
-
-    def supports(self, feature: str) -> bool:
-        return feature in self.features
 
 
 @dataclass(frozen=True)

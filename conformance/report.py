@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .protocol import FAMILIES, FEATURES, Capabilities
+from weightcheck.capabilities import Capabilities, FEATURES
+
+from weightcheck.families import FAMILY_NAMES
 
 REPORT_SCHEMA_VERSION = 1
 EXTRA_FEATURES = (
@@ -42,7 +44,7 @@ class TestRecord:
 
 def _feature_rows(caps: Capabilities) -> list[tuple[str, str, bool]]:
     """(label, counter key, supported) for every row of the matrix."""
-    rows = [(f"family {f}", f"family={f}", f in caps.families) for f in FAMILIES]
+    rows = [(f"family {f}", f"family={f}", f in caps.families) for f in FAMILY_NAMES]
     rows += [(name, name, caps.supports(name)) for name in FEATURES]
     rows += [(name, name, True) for name in EXTRA_FEATURES]
     return rows

@@ -18,7 +18,12 @@ from weightcheck.strategies.archs import loras
 from weightcheck.strategies.checkpoints import value_seeds
 
 from . import properties
-from .protocol import FEATURES, Capabilities, LoaderAdapter
+from weightcheck.capabilities import Capabilities, FEATURES
+
+# The order of the conformance modules; a replay runs a case through them in this order.
+from weightcheck.families import FAMILIES
+
+from .protocol import LoaderAdapter
 
 # The order of the conformance modules; a replay runs a case through them in this order.
 PROPERTIES = (
@@ -32,13 +37,7 @@ PROPERTIES = (
     "lora_equivalence",
     "all_ranks",
 )
-LORA_FAMILIES = ("llama", "qwen3_moe", "qwen2_moe")
-FP8_FAMILIES = {  # family -> the FP8 methods its checkpoints come in
-    "llama": ("fp8_per_tensor", "fp8_block"),
-    "qwen3_moe": ("fp8_per_tensor", "fp8_block"),
-    "qwen2_moe": ("fp8_per_tensor", "fp8_block"),
-    "deepseek_v32": ("fp8_block",),
-}
+FP8_FAMILIES = {f.name: f.fp8_methods for f in FAMILIES.values() if f.fp8_methods}
 MAX_RANKS = 8  # all_ranks loads every rank: keep one example to a few dozen loads
 
 
@@ -66,7 +65,7 @@ def draw_example(
         case = replace(case, placement=replace(case.placement, device=device))
     extras: dict[str, Any] = {}
     if prop == "lora_equivalence" and case.arch.lora is None:
-        lora = data.draw(loras(moe=case.arch.moe is not None), label="lora")
+        lora = data.draw(loras(case.arch.family), label="lora")
         case = replace(case, arch=replace(case.arch, lora=lora))
     elif prop == "missing_tensor":
         needed = properties.needed_tensors(case)
@@ -92,7 +91,7 @@ def skip_reason(prop: str, family: str, caps: Capabilities) -> str | None:
     if prop == "lora_equivalence":
         if not caps.supports("lora"):
             return "not supported by the loader: lora"
-        if family not in LORA_FAMILIES:
+        if not FAMILIES[family].lora:
             return f"not applicable: {family} has no LoRA wrapping"
     return None
 

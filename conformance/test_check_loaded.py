@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.families import FAMILY_NAMES
 
 PROPERTY = "check_loaded"
 pytestmark = pytest.mark.conformance
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @given(data=st.data())
 def test_completeness_check_names_what_is_missing(weightcheck, family, data):
     weightcheck.check(PROPERTY, data, family)

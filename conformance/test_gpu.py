@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weightcheck.conformance import device_checks
-from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.families import FAMILY_NAMES
 from weightcheck.conformance.runner import FP8_FAMILIES, PROPERTIES
 
 PROPERTY = "gpu"
@@ -33,7 +33,7 @@ def _needs_fp8_matmul():
 
 
 @pytest.mark.parametrize("prop", PROPERTIES)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @given(data=st.data())
 def test_property_on_cuda(cuda, prop, family, data):
     cuda.check(prop, data, family, device="cuda")

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.families import FAMILY_NAMES
 
 PROPERTY = "missing_tensor"
 pytestmark = pytest.mark.conformance
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 @given(data=st.data())
 def test_missing_tensor_is_detected(weightcheck, family, data):
     weightcheck.check(PROPERTY, data, family)

@@ -1,12 +1,12 @@
 """Hypothesis strategies for architectures, placements, checkpoint recipes and whole cases."""
 
-from .archs import ARCH_STRATEGIES, gpt2_archs, llama_archs, qwen2_moe_archs, qwen3_moe_archs
+from .archs import archs, gpt2_archs, llama_archs, qwen2_moe_archs, qwen3_moe_archs
 from .cases import cases
 from .checkpoints import checkpoint_recipes, layouts, relayouts
 from .placements import partitions, placements, pp_sizes, tp_sizes, vllm_default_partition
 
 __all__ = [
-    "ARCH_STRATEGIES",
+    "archs",
     "cases",
     "checkpoint_recipes",
     "gpt2_archs",

@@ -4,7 +4,8 @@ The parallel sizes are drawn first (``weightcheck.strategies.cases``) and each f
 only shapes they can split: heads and intermediate sizes divisible by tp, kv-head counts that
 tp either divides or is a multiple of (GQA replication), at least ``min_layers`` layers for
 the pipeline ranks.  No ``assume``: invalid shapes are never drawn.  A new family adds one
-strategy here and registers it in ``ARCH_STRATEGIES``.
+strategy here, named by its entry in ``weightcheck.families``; which LoRA targets and FP8
+methods its archs draw come from that entry too.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import functools
 
 from hypothesis import strategies as st
 
-from weightcheck.conformance.protocol import Capabilities
-from weightcheck.reference_models.arch import DTYPES, IGNORE_KEYS, LORA_TARGETS, MLA, Arch, LoRA, MoE, Quant
+from weightcheck.capabilities import Capabilities
+from weightcheck.arch import DTYPES, IGNORE_KEYS, MLA, Arch, LoRA, MoE, Quant
+from weightcheck.families import family, resolve
 from weightcheck.reference_models.families import family_spec
 
 DTYPE_NAMES = tuple(DTYPES)
@@ -53,24 +55,26 @@ def flag(caps: Capabilities, feature: str) -> st.SearchStrategy[bool]:
 
 
 @functools.lru_cache(maxsize=None)
-def loras(moe: bool) -> st.SearchStrategy[LoRA]:
-    targets = [t for t in LORA_TARGETS if moe or t != "experts"]
+def loras(family_name: str) -> st.SearchStrategy[LoRA]:
+    """LoRA wrappings of the layer kinds the family registry lists; shrinks to one target."""
+    targets = family(family_name).lora_targets
     return st.builds(
         LoRA,
-        targets=st.lists(st.sampled_from(tuple(targets)), min_size=1, unique=True).map(tuple),
+        targets=st.lists(st.sampled_from(targets), min_size=1, unique=True).map(tuple),
         rank=st.integers(1, 4),
     )
 
 
 @functools.lru_cache(maxsize=None)
-def maybe_lora(caps: Capabilities, moe: bool) -> st.SearchStrategy[LoRA | None]:
-    return st.none() | loras(moe) if caps.supports("lora") else st.none()
+def maybe_lora(caps: Capabilities, family_name: str) -> st.SearchStrategy[LoRA | None]:
+    if caps.supports("lora") and family(family_name).lora:
+        return st.none() | loras(family_name)
+    return st.none()
 
 
 # Block sizes: mostly ones that divide neither the weight nor the TP split; sometimes ones
 # larger than any tiny weight (a single partial block), as real 128x128 blocks are.
 _BLOCK_SIZES = st.one_of(st.integers(1, 6), st.sampled_from((8, 128)))
-FP8_METHODS = ("fp8_per_tensor", "fp8_block")
 
 
 @st.composite
@@ -94,9 +98,10 @@ def quants(draw, arch: Arch, methods: tuple[str, ...]) -> Quant:
     )
 
 
-def with_quant(arch: Arch, caps: Capabilities, methods=FP8_METHODS) -> st.SearchStrategy[Arch]:
-    """``arch`` unquantised or with an FP8 config the loader supports (about half each)."""
-    supported = tuple(m for m in methods if caps.supports(m))
+def with_quant(arch: Arch, caps: Capabilities) -> st.SearchStrategy[Arch]:
+    """``arch`` unquantised or with an FP8 config of a method its family comes in and the
+    loader supports (about half each)."""
+    supported = tuple(m for m in family(arch.family).fp8_methods if caps.supports(m))
     if not supported:
         return st.just(arch)
     quantized = quants(arch, supported).map(lambda q: dataclasses.replace(arch, quant=q))
@@ -162,7 +167,7 @@ def decoder_archs(
         attention_bias=True if qkv_bias_always else draw(flag(caps, "attention_bias")),
         dtype=draw(dtypes()),
         moe=draw(moes(tp_size, num_layers, shared=shared_expert)) if moe else None,
-        lora=draw(maybe_lora(caps, moe=moe)),
+        lora=draw(maybe_lora(caps, family)),
     )
     return draw(with_quant(arch, caps))
 
@@ -233,18 +238,15 @@ def deepseek_v32_archs(
         dtype=draw(dtypes()),
         mla=mla,
     )
-    return draw(with_quant(arch, caps, methods=("fp8_block",)))
+    return draw(with_quant(arch, caps))
 
 
-# Built once per (tp_size, min_layers, caps): strategy objects are validated on first use, and
-# building them anew for every example was a third of the drawing time.
-ARCH_STRATEGIES = {
-    name: functools.lru_cache(maxsize=None)(factory)
-    for name, factory in {
-        "llama": llama_archs,
-        "gpt2": gpt2_archs,
-        "qwen3_moe": qwen3_moe_archs,
-        "qwen2_moe": qwen2_moe_archs,
-        "deepseek_v32": deepseek_v32_archs,
-    }.items()
-}
+@functools.lru_cache(maxsize=None)
+def archs(
+    family_name: str, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None
+) -> st.SearchStrategy[Arch]:
+    """The arch strategy the family registry names for ``family_name``, built once per
+    (tp_size, min_layers, caps): strategy objects are validated on first use, and building them
+    anew for every example was a third of the drawing time."""
+    factory = resolve(family(family_name).archs)
+    return factory(tp_size=tp_size, min_layers=min_layers, caps=caps)

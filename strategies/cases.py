@@ -6,10 +6,10 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
-from weightcheck.conformance.protocol import Capabilities
+from weightcheck.capabilities import Capabilities
 from weightcheck.fixtures.case import Case
 
-from .archs import ARCH_STRATEGIES, quants
+from .archs import archs, quants
 from .checkpoints import checkpoint_recipes
 from .placements import placements, pp_sizes, tp_sizes
 
@@ -25,7 +25,7 @@ def cases(
     caps = capabilities or Capabilities()
     tp_size = draw(tp_sizes(caps.supports("tensor_parallel"), limit=max_ranks))
     pp_size = draw(pp_sizes(caps.supports("pipeline_parallel"), limit=max_ranks and max_ranks // tp_size))
-    arch = draw(ARCH_STRATEGIES[family](tp_size=tp_size, min_layers=pp_size, caps=caps))
+    arch = draw(archs(family, tp_size, pp_size, caps))
     max_ep = max_ranks // (tp_size * pp_size) if max_ranks else None
     placement = draw(placements(arch, tp_size, pp_size, caps, max_ep=max_ep))
     recipe = draw(

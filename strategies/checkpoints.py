@@ -7,7 +7,7 @@ import random
 from hypothesis import strategies as st
 
 from weightcheck.fixtures.case import CheckpointRecipe
-from weightcheck.reference_models.arch import Arch
+from weightcheck.arch import Arch
 from weightcheck.reference_models.families import checkpoint_specs, family_spec
 
 

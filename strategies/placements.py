@@ -6,8 +6,8 @@ import functools
 
 from hypothesis import strategies as st
 
-from weightcheck.conformance.protocol import Capabilities
-from weightcheck.reference_models.arch import EXPERT_PLACEMENTS, Arch, Placement
+from weightcheck.capabilities import Capabilities
+from weightcheck.arch import EXPERT_PLACEMENTS, Arch, Placement
 
 MAX_TP = 4
 MAX_PP = 4

@@ -12,7 +12,8 @@ from hypothesis.errors import UnsatisfiedAssumption
 
 from weightcheck.conformance import properties
 from weightcheck.conformance.assertions import PropertyFailure
-from weightcheck.conformance.protocol import Capabilities, LoaderAdapter
+from weightcheck.capabilities import Capabilities
+from weightcheck.conformance.protocol import LoaderAdapter
 from weightcheck.conformance.runner import draw_example, run_example, skip_reason
 
 

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from weightcheck.families import FAMILIES
+
 from weightcheck.reference_models.reference_loader.gpt2 import CONV1D_MODULES, GPT2LMHeadModel
 from weightcheck.reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
 from weightcheck.reference_models.reference_loader.layers import (
@@ -24,7 +26,7 @@ from weightcheck.reference_models.reference_loader.layers import (
     ceil_div,
 )
 from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM
-from weightcheck.reference_models.reference_loader.loader import MODELS, ReferenceLoader
+from weightcheck.reference_models.reference_loader.loader import ReferenceLoader, model_class
 from weightcheck.reference_models.reference_loader.moe import FusedMoE
 from weightcheck.reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
 from weightcheck.reference_models.reference_loader.tracking import tracker_for
@@ -46,11 +48,11 @@ class MutantLoader(ReferenceLoader):
 
     def __init__(self, name, models=None, patch: Callable[[nn.Module], None] | None = None):
         self.name = f"mutant {name}"
-        self.models = {**MODELS, **(models or {})}
+        self.models = models or {}
         self.patch = patch
 
     def build(self, arch, placement):
-        model = self.models[arch.family](arch, placement)
+        model = self.models.get(arch.family, model_class(arch.family))(arch, placement)
         if self.patch:
             self.patch(model)
         return model
@@ -193,7 +195,7 @@ class PerFileLoader(ReferenceLoader):
     def load(self, model, checkpoint):
         from safetensors import safe_open
 
-        from weightcheck.fixtures.checkpoint import stored_order
+        from weightcheck.checkpoint import stored_order
 
         loaded = set()
         for file in checkpoint.files():
@@ -590,7 +592,7 @@ MUTANTS.append(
 
 # --- FP8 quantisation, seeds PR #41086 (FP8 half) and PR #42944 ----------------------------------
 
-FP8_FAMILIES = ("llama", "qwen3_moe", "qwen2_moe", "deepseek_v32")
+FP8_FAMILIES = tuple(f.name for f in FAMILIES.values() if f.fp8_methods)
 
 
 class QuantizedModulesExempted(ReferenceLoader):

@@ -128,7 +128,7 @@ def _fp8_llama_checkpoint(path, block=(4, 4)):
 def test_fp8_block_state_is_dequantised_without_scales(tmp_path):
     from types import SimpleNamespace
 
-    from weightcheck.reference_models.arch import Placement
+    from weightcheck.arch import Placement
 
     expected = _fp8_llama_checkpoint(tmp_path)
     model = tl.loader.build(SimpleNamespace(dtype="float32", lora=None, family="llama"), Placement((1,)))

@@ -7,7 +7,8 @@ import torch
 pytest.importorskip("vllm")
 
 from weightcheck.adapters import vllm_loader  # noqa: E402
-from weightcheck.conformance.protocol import FAMILIES, FEATURES  # noqa: E402
+from weightcheck.capabilities import FEATURES  # noqa: E402
+from weightcheck.families import FAMILY_NAMES  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ def test_canonical_names_of_a_set():
 
 def test_capabilities_are_single_rank_without_lora():
     caps = vllm_loader.loader.capabilities
-    assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"} <= set(FAMILIES)
+    assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"} <= set(FAMILY_NAMES)
     assert caps.features <= set(FEATURES)
     assert not caps.features & {"tensor_parallel", "pipeline_parallel", "expert_parallel", "lora"}
     assert vllm_loader.loader.name.startswith("vllm ")
@@ -51,7 +52,7 @@ def test_moe_build_and_load_maps_expert_names():
     """A tiny Qwen3-MoE through vLLM: state and loaded set both use the canonical names."""
     from weightcheck.fixtures.case import Case, CheckpointRecipe
     from weightcheck.fixtures.materialize import scratch_dir, write_case
-    from weightcheck.reference_models.arch import Arch, MoE, Placement
+    from weightcheck.arch import Arch, MoE, Placement
     from weightcheck.reference_models.families import checkpoint_specs
 
     arch = Arch("qwen3_moe", 16, 1, 2, 2, 8, 8, 40, moe=MoE(2, 1, 8))
@@ -71,7 +72,7 @@ def test_moe_build_and_load_maps_expert_names():
 def _llama_load(drop=None):
     from weightcheck.fixtures.case import Case, CheckpointRecipe
     from weightcheck.fixtures.materialize import scratch_dir, write_case
-    from weightcheck.reference_models.arch import Arch, Placement
+    from weightcheck.arch import Arch, Placement
     from weightcheck.reference_models.families import checkpoint_specs
 
     arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40)
@@ -153,7 +154,7 @@ def test_fp8_per_tensor_llama_loads_bytes_and_per_shard_scales():
     vLLM's own check (quantized=True) silent on the complete load."""
     from weightcheck.fixtures.case import Case, CheckpointRecipe
     from weightcheck.fixtures.materialize import scratch_dir, write_case
-    from weightcheck.reference_models.arch import Arch, Placement, Quant
+    from weightcheck.arch import Arch, Placement, Quant
     from weightcheck.reference_models.families import checkpoint_specs
 
     arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40, quant=Quant("fp8_per_tensor", "static"), dtype="bfloat16")

@@ -6,7 +6,7 @@ this); wrong values still fail."""
 from weightcheck.conformance.properties import missing_tensor
 from weightcheck.conformance.assertions import PropertyFailure
 from weightcheck.fixtures.case import Case, CheckpointRecipe
-from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.families import checkpoint_specs
 from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
 

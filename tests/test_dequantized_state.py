@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 
 from weightcheck.conformance.assertions import PropertyFailure
 from weightcheck.conformance.properties import roundtrip, tracking
-from weightcheck.conformance.protocol import Capabilities, FEATURES
+from weightcheck.capabilities import Capabilities, FEATURES
 from weightcheck.reference_models.reference_loader.layers import LinearBase
 from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
 from weightcheck.strategies.cases import fp8_cases

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from safetensors import safe_open
 
 from weightcheck.fixtures.case import Case
-from weightcheck.fixtures.checkpoint import Checkpoint
+from weightcheck.checkpoint import Checkpoint
 from weightcheck.fixtures.materialize import case_tensors, directory_digest, scratch_dir, write_case
 from weightcheck.strategies import cases
 

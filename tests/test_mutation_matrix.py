@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from weightcheck.conformance.protocol import FAMILIES
+from weightcheck.families import FAMILY_NAMES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "ci" / "mutation_matrix.py"
 
@@ -66,7 +66,7 @@ def test_reference_control_passes_every_property(matrix):
     ran = {(t["property"], t["family"]) for t in outcome.tests if t["skipped"] is None}
     skipped = {(t["property"], t["family"]) for t in outcome.tests if t["skipped"] is not None}
     assert skipped == {("lora_equivalence", "gpt2"), ("lora_equivalence", "deepseek_v32")}
-    assert len(ran) == len(matrix.PROPERTIES) * len(FAMILIES) - 2  # no LoRA: gpt2, deepseek_v32
+    assert len(ran) == len(matrix.PROPERTIES) * len(FAMILY_NAMES) - 2  # no LoRA: gpt2, deepseek_v32
     assert "reference: passed" in matrix.reference_verdict([outcome])
 
 

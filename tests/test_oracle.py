@@ -2,7 +2,7 @@
 
 import torch
 
-from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.oracle import expected_state
 from weightcheck.reference_models.oracle.expected import needed_sources
 

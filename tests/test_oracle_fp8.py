@@ -3,7 +3,7 @@
 import torch
 
 from weightcheck.fixtures.values import checkpoint_values
-from weightcheck.reference_models.arch import MLA, Arch, MoE, Placement, Quant
+from weightcheck.arch import MLA, Arch, MoE, Placement, Quant
 from weightcheck.reference_models.families import checkpoint_specs, family_spec
 from weightcheck.reference_models.oracle import dequantize, expected_state
 from weightcheck.reference_models.oracle.expected import dequantized_weights

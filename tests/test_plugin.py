@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 import weightcheck.conformance
-from weightcheck.conformance.protocol import FAMILIES, LoaderSpecError, resolve_loader
+from weightcheck.capabilities import LoaderSpecError
+from weightcheck.families import FAMILY_NAMES
+from weightcheck.conformance.protocol import resolve_loader
 
 CONFORMANCE = Path(weightcheck.conformance.__file__).resolve().parent
 REFERENCE = "weightcheck.reference_models.reference_loader"
@@ -202,7 +204,7 @@ def test_header_and_xdist_determinism(pytester):
     what a serial run with the seed from its header does."""
     parallel = run(pytester, "-n", "2", f"--loader={REFERENCE}", TRACKING)
     assert parallel.ret == pytest.ExitCode.OK, output(parallel)
-    parallel.assert_outcomes(passed=len(FAMILIES))
+    parallel.assert_outcomes(passed=len(FAMILY_NAMES))
     assert "2 workers" in parallel.stdout.str()
     seed_line = [line for line in parallel.outlines if line.startswith("weightcheck: hypothesis")]
     match = re.fullmatch(r"weightcheck: hypothesis profile dev, seed (\d+)", seed_line[0])
@@ -214,7 +216,7 @@ def test_header_and_xdist_determinism(pytester):
         f"--loader={REFERENCE}", TRACKING,
     )
     assert serial.ret == pytest.ExitCode.OK, output(serial)
-    serial.assert_outcomes(passed=len(FAMILIES))
+    serial.assert_outcomes(passed=len(FAMILY_NAMES))
     header = [line for line in serial.outlines if line.startswith("weightcheck: ")]
     assert header[0] == f"weightcheck: loader {REFERENCE} (weightcheck reference loader)"
     versions = ", ".join(
@@ -277,7 +279,7 @@ def test_capabilities_and_untracked_loader(loaders):
     )
     text = output(result)
     assert result.ret == pytest.ExitCode.OK, text
-    result.assert_outcomes(skipped=len(FAMILIES))
+    result.assert_outcomes(skipped=len(FAMILY_NAMES))
     result.stdout.fnmatch_lines(
         [
             "weightcheck: loader llama_untracked (llama only, untracked)",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from weightcheck.fixtures.checkpoint import write_checkpoint
-from weightcheck.reference_models.arch import MLA, Arch, LoRA, MoE, Placement, Quant
+from weightcheck.arch import MLA, Arch, LoRA, MoE, Placement, Quant
 from weightcheck.reference_models.reference_loader import loader
 from weightcheck.reference_models.reference_loader.tracking import load_session
 

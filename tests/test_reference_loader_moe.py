@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weightcheck.reference_models.arch import Arch, LoRA, MoE, Placement
+from weightcheck.arch import Arch, LoRA, MoE, Placement
 from weightcheck.reference_models.reference_loader import loader
 from weightcheck.reference_models.reference_loader.lora import LoRAWrapper
 from weightcheck.reference_models.reference_loader.moe import FusedMoE

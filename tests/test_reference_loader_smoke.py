@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from weightcheck.fixtures.checkpoint import write_checkpoint
-from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.reference_loader import loader
 from weightcheck.reference_models.reference_loader.gpt2 import GPT2LMHeadModel
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from weightcheck.conformance.protocol import Capabilities
+from weightcheck.capabilities import Capabilities
 from weightcheck.reference_models.oracle.expected import needed_sources
 from weightcheck.strategies import cases
 

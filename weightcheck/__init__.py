@@ -11,12 +11,12 @@ weightcheck is installed, and must not make those runs import torch.
 from importlib import import_module
 
 _EXPORTS = {
-    "Arch": "weightcheck.reference_models.arch",
-    "Placement": "weightcheck.reference_models.arch",
-    "MoE": "weightcheck.reference_models.arch",
-    "LoRA": "weightcheck.reference_models.arch",
-    "Quant": "weightcheck.reference_models.arch",
-    "MLA": "weightcheck.reference_models.arch",
+    "Arch": "weightcheck.arch",
+    "Placement": "weightcheck.arch",
+    "MoE": "weightcheck.arch",
+    "LoRA": "weightcheck.arch",
+    "Quant": "weightcheck.arch",
+    "MLA": "weightcheck.arch",
     "Checkpoint": "weightcheck.fixtures.checkpoint",
     "Capabilities": "weightcheck.conformance.protocol",
     "FAMILIES": "weightcheck.conformance.protocol",

@@ -1,18 +1,15 @@
-"""The architecture families the suite knows, by HF ``model_type``."""
+"""Family specs: each family's checkpoint tensors, config.json and the oracle's layout rules.
+
+Which spec belongs to which family is said once, in ``weightcheck.families``.
+"""
 
 import functools
 from types import MappingProxyType
 from typing import Mapping
 
-from .base import FamilySpec, TensorSpec
-from .deepseek import SPEC as DEEPSEEK_V32
-from .gpt2 import SPEC as GPT2
-from .llama import SPEC as LLAMA
-from .qwen_moe import QWEN2_MOE, QWEN3_MOE
+from weightcheck.families import family, resolve
 
-FAMILY_SPECS: dict[str, FamilySpec] = {
-    spec.model_type: spec for spec in (LLAMA, GPT2, QWEN3_MOE, QWEN2_MOE, DEEPSEEK_V32)
-}
+from .base import FamilySpec, TensorSpec
 
 
 @functools.lru_cache(maxsize=512)
@@ -26,10 +23,8 @@ def checkpoint_specs(arch, fmt: str = "default") -> Mapping[str, TensorSpec]:
 
 
 def family_spec(name: str) -> FamilySpec:
-    try:
-        return FAMILY_SPECS[name]
-    except KeyError:
-        raise ValueError(f"unknown family {name!r}; known: {sorted(FAMILY_SPECS)}") from None
+    """The spec the family registry (``weightcheck.families``) names for ``name``."""
+    return resolve(family(name).spec)
 
 
-__all__ = ["FAMILY_SPECS", "FamilySpec", "TensorSpec", "checkpoint_specs", "family_spec"]
+__all__ = ["FamilySpec", "TensorSpec", "checkpoint_specs", "family_spec"]

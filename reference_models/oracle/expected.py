@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 
 from .. import families  # module import: families' specs import our rules
-from ..arch import TENSOR_DTYPES
+from weightcheck.arch import TENSOR_DTYPES
 from .rules import InDtype, Piece, Source, scale_name
 
 

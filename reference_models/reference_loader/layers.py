@@ -24,7 +24,7 @@ from typing import Hashable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from weightcheck.reference_models.arch import Placement, Quant
+from weightcheck.arch import Placement, Quant
 
 VOCAB_PADDING = 64
 FP8 = torch.float8_e4m3fn

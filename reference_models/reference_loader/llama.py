@@ -16,7 +16,7 @@ from typing import Hashable, Iterable
 import torch
 from torch import nn
 
-from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.reference_loader.layers import (
     MergedColumnParallelLinear,
     ParallelLMHead,

@@ -16,23 +16,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightcheck.conformance.protocol import Capabilities
-from weightcheck.reference_models.arch import Arch, Placement
-from weightcheck.reference_models.reference_loader.deepseek_v32 import DeepseekV32ForCausalLM
-from weightcheck.reference_models.reference_loader.gpt2 import GPT2LMHeadModel
-from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM
+from weightcheck.capabilities import Capabilities
+from weightcheck.arch import Arch, Placement
+from weightcheck.families import FAMILIES, resolve
 from weightcheck.reference_models.reference_loader.lora import LoRAWrapper
-from weightcheck.reference_models.reference_loader.qwen2_moe import Qwen2MoeForCausalLM
-from weightcheck.reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM
 from weightcheck.reference_models.reference_loader.tracking import load_session
 
-MODELS = {
-    "llama": LlamaForCausalLM,
-    "gpt2": GPT2LMHeadModel,
-    "qwen3_moe": Qwen3MoeForCausalLM,
-    "qwen2_moe": Qwen2MoeForCausalLM,
-    "deepseek_v32": DeepseekV32ForCausalLM,
-}
+
+def model_class(family: str) -> type[nn.Module]:
+    """The model class the family registry (``weightcheck.families``) names for ``family``."""
+    try:
+        return resolve(FAMILIES[family].reference_model)
+    except KeyError:
+        raise ValueError(
+            f"the reference loader has no model for family {family!r}; known: {sorted(FAMILIES)}"
+        ) from None
 
 
 class ReferenceLoader:
@@ -40,14 +38,7 @@ class ReferenceLoader:
     capabilities = Capabilities()
 
     def build(self, arch: Arch, placement: Placement) -> torch.nn.Module:
-        try:
-            model_cls = MODELS[arch.family]
-        except KeyError:
-            raise ValueError(
-                f"the reference loader has no model for family {arch.family!r}; "
-                f"known: {sorted(MODELS)}"
-            ) from None
-        return model_cls(arch, placement)
+        return model_class(arch.family)(arch, placement)
 
     def load(self, model: torch.nn.Module, checkpoint) -> set[str]:
         """One ``load_weights`` call per checkpoint file, in index order; the union of what they

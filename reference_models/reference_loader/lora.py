@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightcheck.reference_models.arch import Arch
+from weightcheck.arch import Arch
 from weightcheck.reference_models.reference_loader.layers import (
     MergedColumnParallelLinear,
     QKVParallelLinear,

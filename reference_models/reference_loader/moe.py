@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightcheck.reference_models.arch import EXPERT_PLACEMENTS, Placement, Quant
+from weightcheck.arch import EXPERT_PLACEMENTS, Placement, Quant
 from weightcheck.reference_models.reference_loader.layers import (
     FP8,
     FP8_MAX,

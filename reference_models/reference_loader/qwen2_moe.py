@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.reference_loader.layers import ReplicatedLinear
 from weightcheck.reference_models.reference_loader.llama import LlamaAttention, LlamaMLP
 from weightcheck.reference_models.reference_loader.qwen3_moe import Qwen3MoeForCausalLM, Qwen3MoeSparseMoeBlock

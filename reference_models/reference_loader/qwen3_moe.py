@@ -25,7 +25,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from weightcheck.reference_models.arch import Arch, Placement
+from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.reference_loader.layers import RMSNorm, ReplicatedLinear, layer_quant
 from weightcheck.reference_models.reference_loader.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP
 from weightcheck.reference_models.reference_loader.moe import FusedMoE

@@ -1,0 +1,68 @@
+"""An HF checkpoint directory as a loader sees it: ``config.json``, safetensors files, index.
+
+Loaders read it through ``Checkpoint`` (``weights()`` in stored order, or the files themselves
+at ``path``); the suite writes it with ``weightcheck.fixtures.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from safetensors import safe_open
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory as a loader sees it.
+
+    ``weights()`` yields ``(name, tensor)`` in stored order: files in the order the index names
+    them (natural sort of file names, as vLLM reads them), and inside each file in the order the
+    bytes are laid out.  Only files named by the index are read.
+    """
+
+    path: Path
+    config: Mapping[str, Any] = field(compare=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Checkpoint":
+        path = Path(path)
+        config = json.loads((path / CONFIG_FILE).read_text())
+        return cls(path=path, config=config)
+
+    def files(self) -> list[Path]:
+        index = self.path / INDEX_FILE
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return [self.path / f for f in sorted(set(weight_map.values()))]
+        return [self.path / SINGLE_FILE]
+
+    def names(self) -> list[str]:
+        return [name for file in self.files() for name in stored_order(file)]
+
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for file in self.files():
+            yield from self.file_weights(file)
+
+    def file_weights(self, file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+        """One file's ``(name, tensor)`` in stored order: for loaders that read file by file."""
+        with safe_open(str(file), framework="pt") as f:
+            for name in stored_order(file):
+                yield name, f.get_tensor(name)
+
+
+def stored_order(file: Path) -> list[str]:
+    """Tensor names of one safetensors file in the order of their data offsets."""
+    with open(file, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
