@@ -8,17 +8,12 @@ For every property x family (default: every property of the suite and every fami
 supports; ``--properties``/``--families`` pick a subset) it runs the property under Hypothesis
 ``@given(st.data())`` with ``max_examples=N``, no database, no deadline and no shrinking (phases
 explicit + generate), drawing and running the example exactly as ``conformance/test_*.py`` do
-(``Harness.check(prop, data, family)`` where the harness has it; otherwise the per-module
-drawing: ``Harness.draw_case``/``draw_relayout``/``draw_lora_case``, the dropped tensor from
-``properties.needed_tensors``, the second value seed, ``max_ranks`` for all_ranks).  Each row is
-the fastest of ``--repeat`` runs of the same (derandomized or seeded) examples.  The loader
-from ``resolve_loader`` is wrapped so its ``build``/``load``/``state`` calls are timed; all other
-time (Hypothesis itself, drawing, tensor values, writing safetensors, the oracle, the
-comparison, scratch directories) is harness time.
-
-Unless ``--no-breakdown`` is given, the harness time is further split by timing (exclusively,
-so nested sections are not counted twice) the helpers ``weightcheck.conformance.properties`` calls.  This
-patches module attributes in this process only; no file is changed.
+(``Harness.check(prop, data, family)``).  Each row is the fastest of ``--repeat`` runs of the
+same (derandomized or seeded) examples.  The time is split through the harness's public timing
+hook (``Harness(loader, clock=Clock())``, ``weightcheck.conformance.timing``): the loader's calls
+(``loader.build``, ``loader.load``, ...) are loader time; everything else (Hypothesis itself,
+drawing, tensor values, writing safetensors, the oracle, the comparison, scratch directories)
+is harness time, split into the sections the suite itself reports.
 
 ``--suite-timing`` also times the whole pytest suite in a subprocess, without xdist and with
 ``-n 2``.  Output is markdown, so it can be pasted into a README; ``--json`` writes the numbers.
@@ -27,7 +22,6 @@ patches module attributes in this process only; no file is changed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -37,10 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
@@ -52,165 +45,18 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import weightcheck.fixtures.materialize as materialize  # noqa: E402
-import weightcheck.conformance.harness as harness_module  # noqa: E402
-from weightcheck.conformance import properties  # noqa: E402
 from weightcheck.conformance.harness import Harness  # noqa: E402
+from weightcheck.conformance.properties import PROPERTY_NAMES  # noqa: E402
+from weightcheck.conformance.protocol import resolve_loader  # noqa: E402
+from weightcheck.conformance.timing import HARNESS_SECTIONS, LOADER_STAGES, Clock  # noqa: E402
 from weightcheck.families import FAMILY_NAMES  # noqa: E402
-from weightcheck.conformance.protocol import LoaderAdapter, resolve_loader  # noqa: E402
-from weightcheck.conformance.runner import PROPERTIES  # noqa: E402
+from weightcheck.fixtures.materialize import scratch_root  # noqa: E402
 
-LOADER_SECTIONS = ("loader.build", "loader.load", "loader.state", "loader.check_loaded")
-HARNESS_SECTIONS = (
-    "hypothesis",  # the engine, outside the test body: choice sequences, health checks, events
-    "draw",  # data.draw of the case, second layout and dropped tensor (strategies, Case)
-    "values",  # case_tensors: torch.randn per tensor
-    "write",  # write_case: config.json and the safetensors files
-    "scratch",  # mkdtemp + rmtree of the scratch directory
-    "oracle",  # expected_state, needed_tensors
-    "compare",  # state_mismatches
-    "digest",  # directory_digest (checkpoint_unchanged)
-    "other",  # the rest of the test body (tracking sets, Case.features, ...)
-)
+LOADER_SECTIONS = tuple(f"loader.{stage}" for stage in LOADER_STAGES)
+# "hypothesis": the engine, outside the test body; "other": the rest of the test body
+REPORTED_SECTIONS = ("hypothesis",) + HARNESS_SECTIONS + ("other",)
 TARGET_RATE = 50.0  # examples/s per core
 TARGET_HARNESS_SHARE = 50.0  # % of the total
-
-
-# --------------------------------------------------------------------------------------------
-# Timing
-
-
-class Clock:
-    """Accumulates exclusive time per section: a section's time excludes nested sections."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._stack: list[list[float]] = []  # [start, time spent in children]
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.calls.clear()
-        self._stack.clear()
-
-    @contextlib.contextmanager
-    def section(self, name: str):
-        frame = [time.perf_counter(), 0.0]
-        self._stack.append(frame)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - frame[0]
-            self._stack.pop()
-            self.seconds[name] += elapsed - frame[1]
-            self.calls[name] += 1
-            if self._stack:
-                self._stack[-1][1] += elapsed
-
-    def wrap(self, name: str, fn: Callable) -> Callable:
-        def timed(*args, **kwargs):
-            with self.section(name):
-                return fn(*args, **kwargs)
-
-        timed.__wrapped__ = fn  # type: ignore[attr-defined]
-        return timed
-
-
-class TimedLoader:
-    """A ``LoaderAdapter`` look-alike whose build/load/state time is loader time."""
-
-    def __init__(self, adapter: LoaderAdapter, clock: Clock) -> None:
-        self._adapter = adapter
-        self._clock = clock
-
-    spec = property(lambda self: self._adapter.spec)
-    target = property(lambda self: self._adapter.target)
-    capabilities = property(lambda self: self._adapter.capabilities)
-    name = property(lambda self: self._adapter.name)
-
-    def build(self, arch, placement):
-        with self._clock.section("loader.build"):
-            return self._adapter.build(arch, placement)
-
-    def load(self, model, checkpoint):
-        with self._clock.section("loader.load"):
-            return self._adapter.load(model, checkpoint)
-
-    def state(self, model):
-        with self._clock.section("loader.state"):
-            return self._adapter.state(model)
-
-    def hook(self, name):
-        """The loader's optional hook, its calls timed as loader time."""
-        fn = self._adapter.hook(name)
-        if fn is None:
-            return None
-
-        def timed(*args):
-            with self._clock.section(f"loader.{name}"):
-                return fn(*args)
-
-        return timed
-
-
-@contextlib.contextmanager
-def harness_breakdown(clock: Clock):
-    """Time the harness helpers that ``weightcheck.conformance.properties`` calls (this process only)."""
-    original_scratch = properties.scratch_dir
-
-    @contextlib.contextmanager
-    def scratch_dir():
-        cm = original_scratch()
-        with clock.section("scratch"):
-            path = cm.__enter__()
-        try:
-            yield path
-        except BaseException:
-            with clock.section("scratch"):
-                if not cm.__exit__(*sys.exc_info()):
-                    raise
-        else:
-            with clock.section("scratch"):
-                cm.__exit__(None, None, None)
-
-    wanted = [
-        (properties, "case_tensors", "values"),
-        # write_case(case, path) without tensors calls case_tensors itself (checkpoint_unchanged)
-        (materialize, "case_tensors", "values"),
-        (properties, "write_case", "write"),
-        (properties, "directory_digest", "digest"),
-        (properties, "_expected", "oracle"),
-        (properties, "state_mismatches", "compare"),
-        (properties, "_mark_covered", "compare"),  # all_ranks
-        (properties, "needed_tensors", "oracle"),  # nested in draw: exclusive, not draw time
-        (harness_module, "draw_example", "draw"),  # Harness.check's drawing (weightcheck.conformance.runner)
-    ]
-    patches = [(properties, "scratch_dir", scratch_dir)] + [
-        (mod, attr, clock.wrap(section, getattr(mod, attr)))
-        for mod, attr, section in wanted
-        if callable(getattr(mod, attr, None))  # helpers a later version renames: not timed
-    ]
-    saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
-    try:
-        for mod, attr, new in patches:
-            setattr(mod, attr, new)
-        yield
-    finally:
-        for mod, attr, old in saved:
-            setattr(mod, attr, old)
-
-
-# --------------------------------------------------------------------------------------------
-# The properties, drawn as conformance/test_*.py draw them
-
-
-def property_bodies() -> dict[str, Callable]:
-    """The test body per property: exactly the conformance modules' ``Harness.check`` call."""
-
-    def make(prop: str) -> Callable:
-        return lambda h, data, family: h.check(prop, data, family)
-
-    return {prop: make(prop) for prop in PROPERTIES}
 
 
 @dataclass
@@ -270,7 +116,6 @@ def hypothesis_settings(examples: int, seed: int | None) -> settings:
 def run_property(
     harness: Harness, clock: Clock, prop: str, family: str, examples: int, seed: int | None
 ) -> Result:
-    body = property_bodies()[prop]
     counter = {"calls": 0, "examples": 0}
 
     def test(data):
@@ -279,7 +124,7 @@ def run_property(
         counter["calls"] += 1
         with clock.section("other"):
             try:
-                body(harness, data, family)
+                harness.check(prop, data, family)
             except (pytest.skip.Exception, AssertionError):
                 counter["examples"] += 1
                 raise
@@ -308,7 +153,7 @@ def run_property(
     result.examples = counter["examples"]
     result.calls = counter["calls"]
     result.loader_s = sum(clock.seconds.get(s, 0.0) for s in LOADER_SECTIONS)
-    sections = {name: clock.seconds.get(name, 0.0) for name in LOADER_SECTIONS + HARNESS_SECTIONS}
+    sections = {name: clock.seconds.get(name, 0.0) for name in LOADER_SECTIONS + REPORTED_SECTIONS}
     sections["hypothesis"] = result.total_s - sum(clock.seconds.values())
     result.sections = sections
     return result
@@ -414,7 +259,7 @@ def main_table(results: list[Result], overall: Result) -> str:
 
 
 def breakdown_table(results: list[Result]) -> str:
-    cols = [s for s in HARNESS_SECTIONS + LOADER_SECTIONS]
+    cols = [s for s in REPORTED_SECTIONS + LOADER_SECTIONS]
     headers = ["property", "family", "calls"] + [c.replace("loader.", "L.") for c in cols]
     rows = []
     for r in results:
@@ -444,7 +289,7 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "hypothesis": version("hypothesis"),
         "safetensors": version("safetensors"),
-        "scratch_root": materialize.scratch_root() or tempfile.gettempdir(),
+        "scratch_root": scratch_root() or tempfile.gettempdir(),
     }
 
 
@@ -461,8 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument(
-        "--properties", default=",".join(property_bodies()),
-        help=f"comma-separated subset of {','.join(property_bodies())}",
+        "--properties", default=",".join(PROPERTY_NAMES),
+        help=f"comma-separated subset of {','.join(PROPERTY_NAMES)}",
     )
     p.add_argument("--families", default=",".join(FAMILY_NAMES), help="comma-separated families")
     p.add_argument(
@@ -478,10 +323,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--torch-threads", type=int, default=1,
         help="torch.set_num_threads for the in-process benchmark (1: per-core numbers; "
         "0: leave torch's default)",
-    )
-    p.add_argument(
-        "--no-breakdown", action="store_true",
-        help="time only the loader calls; do not split the harness time by helper",
     )
     p.add_argument("--suite-timing", action="store_true", help="also time the pytest suite")
     p.add_argument("--profile", default="dev", help="Hypothesis profile for --suite-timing")
@@ -499,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.properties = [x for x in args.properties.split(",") if x]
     args.families = [x for x in args.families.split(",") if x]
-    unknown = sorted(set(args.properties) - set(property_bodies())) + sorted(
+    unknown = sorted(set(args.properties) - set(PROPERTY_NAMES)) + sorted(
         set(args.families) - set(FAMILY_NAMES)
     )
     if unknown:
@@ -521,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     adapter = resolve_loader(args.loader)
     clock = Clock()
-    harness = Harness(TimedLoader(adapter, clock))  # type: ignore[arg-type]
+    harness = Harness(adapter, clock=clock)
     families = [f for f in args.families if f in adapter.capabilities.families]
     env = environment()
 
@@ -542,26 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"(families not supported by the loader, skipped: {skipped})\n")
 
-    breakdown = contextlib.nullcontext() if args.no_breakdown else harness_breakdown(clock)
     results: list[Result] = []
-    with breakdown:
-        if args.warmup:
-            for prop in args.properties:
-                for family in families:
-                    run_property(harness, clock, prop, family, args.warmup, args.seed)
+    if args.warmup:
         for prop in args.properties:
             for family in families:
-                runs = [
-                    run_property(harness, clock, prop, family, args.examples, args.seed)
-                    for _ in range(args.repeat)
-                ]
-                r = min(runs, key=lambda x: x.total_s)  # same examples each time: least noise
-                results.append(r)
-                print(
-                    f"  {prop}/{family}: {r.examples} examples in {r.total_s:.2f}s "
-                    f"({r.rate:.1f}/s, harness {r.harness_pct:.0f}%) {r.status}",
-                    file=sys.stderr, flush=True,
-                )
+                run_property(harness, clock, prop, family, args.warmup, args.seed)
+    for prop in args.properties:
+        for family in families:
+            runs = [
+                run_property(harness, clock, prop, family, args.examples, args.seed)
+                for _ in range(args.repeat)
+            ]
+            r = min(runs, key=lambda x: x.total_s)  # same examples each time: least noise
+            results.append(r)
+            print(
+                f"  {prop}/{family}: {r.examples} examples in {r.total_s:.2f}s "
+                f"({r.rate:.1f}/s, harness {r.harness_pct:.0f}%) {r.status}",
+                file=sys.stderr, flush=True,
+            )
     ok = [r for r in results if r.status == "ok"]
     overall = combine("all" if len(ok) == len(results) else "all (rows ok)", "all", ok)
     per_property = [
@@ -589,18 +428,16 @@ def main(argv: list[str] | None = None) -> int:
     if not_ok:
         print("\n(rows not ok stop early: they are left out of the overall row)\n")
 
-    if not args.no_breakdown:
-        print("### Where the time goes (ms per example)\n")
-        print(
-            "Per example (the examples column above).  calls: test-function calls, including "
-            "those Hypothesis abandons while drawing (their time is harness time).  "
-            "hypothesis: the engine outside the test body; draw: drawing case/layout/dropped "
-            "tensor; values: case_tensors; write: write_case (safetensors + config); scratch: "
-            "mkdtemp/rmtree; oracle: expected_state, needed_tensors; compare: state_mismatches (+ all_ranks' coverage); "
-            "digest: directory_digest; other: rest of the test body; L.*: the loader's calls.\n"
-        )
-        print(breakdown_table(results + [overall]))
-        print()
+    print("### Where the time goes (ms per example)\n")
+    print(
+        "Per example (the examples column above).  calls: test-function calls, including "
+        "those Hypothesis abandons while drawing (their time is harness time).  "
+        "hypothesis: the engine outside the test body; the other columns are the sections "
+        "the suite reports (weightcheck.conformance.timing); other: the rest of the test "
+        "body; L.*: the loader's calls.\n"
+    )
+    print(breakdown_table(results + [overall]))
+    print()
 
     verdicts = []
     rate_ok = overall.rate >= TARGET_RATE
@@ -674,7 +511,6 @@ def main(argv: list[str] | None = None) -> int:
                 "derandomize": args.seed is None,
                 "warmup": args.warmup,
                 "repeat": args.repeat,
-                "breakdown": not args.no_breakdown,
             },
             "results": [r.as_dict() for r in results],
             "per_property": [r.as_dict() for r in per_property],

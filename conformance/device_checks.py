@@ -13,12 +13,22 @@ from dataclasses import replace
 import torch
 
 from weightcheck.fixtures.case import Case
-from weightcheck.fixtures.materialize import case_tensors, scratch_dir, write_case
 from weightcheck.reference_models.oracle import dequantize
 from weightcheck.reference_models.oracle.expected import dequantized_weights
 
 from .assertions import fail, same_bits
-from .properties import LoaderRaised, NotSupported, _call, _expected, context, roundtrip
+from .properties import PROPERTIES
+from .properties.base import (
+    LoaderRaised,
+    NotSupported,
+    call,
+    context,
+    expected,
+    raised_title,
+    scratch,
+    tensors_of,
+    write,
+)
 from .protocol import LoaderAdapter
 
 FP8 = torch.float8_e4m3fn
@@ -36,16 +46,16 @@ def _generator(case: Case, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(case.recipe.value_seed * 7919 + salt)
 
 
-def _load_on_device(loader: LoaderAdapter, case: Case, title: str):
-    with scratch_dir() as path:
-        tensors = case_tensors(case)
-        checkpoint = write_case(case, path, tensors=tensors)
+def _load_on_device(loader: LoaderAdapter, case: Case, label: str):
+    with scratch() as path:
+        tensors = tensors_of(case)
+        checkpoint = write(case, path, tensors=tensors)
         try:
-            model = _call("build", loader.build, case.arch, case.placement)
-            _call("load", loader.load, model, checkpoint)
-            state = _call("state", loader.state, model)
+            model = call("build", loader.build, case.arch, case.placement)
+            call("load", loader.load, model, checkpoint)
+            state = call("state", loader.state, model)
         except LoaderRaised as err:
-            fail(title, [str(err)], context(case))
+            fail(raised_title(label), [str(err)], context(case))
     return model, state, tensors
 
 
@@ -53,12 +63,12 @@ def bytes_on_device(loader: LoaderAdapter, case: Case) -> None:
     """The loaded state is on the placement's device and holds the checkpoint's bytes there
     (FP8 weights compared byte for byte, like every parameter)."""
     title = f"device: the state is not on {case.placement.device}"
-    _, state, _ = _load_on_device(loader, case, title)
+    _, state, _ = _load_on_device(loader, case, "device")
     wanted = torch.device(case.placement.device).type
     elsewhere = sorted(n for n, t in state.items() if t.device.type != wanted)
     if elsewhere:
         fail(title, [f"parameters not on {wanted}: {elsewhere}"], context(case))
-    roundtrip(loader, case)
+    PROPERTIES["roundtrip"].run(loader, case, {})
 
 
 def dequantize_matches_cpu(
@@ -77,9 +87,9 @@ def dequantize_matches_cpu(
         )
 
 
-def _fp8_shards(state, expected):
+def _fp8_shards(state, exp):
     """(runtime weight, rows of one shard, that shard's per-tensor scale) of each FP8 shard."""
-    for name, param in expected.params.items():
+    for name, param in exp.params.items():
         if param.value.dtype != FP8 or param.value.dim() != 2:
             continue
         scale = state.get(name.removesuffix("weight") + "weight_scale")
@@ -97,13 +107,13 @@ def scaled_mm_matches(loader: LoaderAdapter, case: Case, batch: int = 16) -> Non
     if case.arch.quant is None or case.arch.quant.method != "fp8_per_tensor":
         raise ValueError("scaled_mm_matches needs a per-tensor FP8 case")
     title = "scaled matmul: torch._scaled_mm with the loaded FP8 weight and scale is wrong"
-    _, state, tensors = _load_on_device(loader, case, title)
-    expected = _expected(case, tensors, loader)
+    _, state, tensors = _load_on_device(loader, case, "scaled matmul")
+    exp = expected(case, tensors, loader)
     deq = dequantized_weights(case.arch, case.placement, tensors, case.recipe.format)
     device = torch.device(case.placement.device)
     gen = _generator(case, 1)
     problems = []
-    for name, rows, scale, label in _fp8_shards(state, expected):
+    for name, rows, scale, label in _fp8_shards(state, exp):
         w = state[name].detach()[rows]
         n, k = w.shape
         pad_n, pad_k = -n % 16, -k % 16  # _scaled_mm wants multiples of 16: zeros add nothing
@@ -138,11 +148,11 @@ def _outputs_off(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> 
     )
 
 
-def _linear_modules(expected) -> dict[str, str]:
+def _linear_modules(exp) -> dict[str, str]:
     """Canonical linear module name -> its weight parameter (2-D, not an embedding)."""
     return {
         name.removesuffix(".weight").replace(".base_layer", ""): name
-        for name, param in expected.params.items()
+        for name, param in exp.params.items()
         if name.endswith(".weight") and param.value.dim() == 2 and not any(e in name for e in EMBEDDINGS)
     }
 
@@ -160,22 +170,22 @@ def post_load_preserves_function(loader: LoaderAdapter, case: Case, batch: int =
     if process is None or forward is None:
         raise NotSupported("the loader has no process_weights_after_loading or linear_forward hook")
     title = "post-load processing: a linear layer no longer computes x @ W.T + b"
-    model, _, tensors = _load_on_device(loader, case, title)
-    expected = _expected(case, tensors, loader)
+    model, _, tensors = _load_on_device(loader, case, "post-load processing")
+    exp = expected(case, tensors, loader)
     deq = dequantized_weights(case.arch, case.placement, tensors, case.recipe.format)
     try:
-        _call("process_weights_after_loading", process, model)
+        call("process_weights_after_loading", process, model)
     except LoaderRaised as err:
-        fail(title, [str(err)], context(case))
+        fail(raised_title("post-load processing"), [str(err)], context(case))
     device = torch.device(case.placement.device)
     gen = _generator(case, 2)
     problems = []
-    for module, weight_name in sorted(_linear_modules(expected).items()):
-        w = (deq[weight_name] if weight_name in deq else expected.params[weight_name].value).double()
-        bias = expected.params.get(weight_name.removesuffix("weight") + "bias")
+    for module, weight_name in sorted(_linear_modules(exp).items()):
+        w = (deq[weight_name] if weight_name in deq else exp.params[weight_name].value).double()
+        bias = exp.params.get(weight_name.removesuffix("weight") + "bias")
         x = torch.randn(batch, w.shape[1], generator=gen)
         try:
-            got = _call("linear_forward", forward, model, module, x.to(device))
+            got = call("linear_forward", forward, model, module, x.to(device))
         except LoaderRaised as err:
             problems.append(f"{module}: {err}")
             continue
@@ -183,9 +193,9 @@ def post_load_preserves_function(loader: LoaderAdapter, case: Case, batch: int =
         want = x.double() @ w.t() + (bias.value.double() if bias is not None else 0)
         mag = x.double().abs() @ w.abs().t()
         scales = [
-            expected.params[s].value.max().item()
+            exp.params[s].value.max().item()
             for s in (weight_name.removesuffix("weight") + k for k in ("weight_scale", "weight_scale_inv"))
-            if s in expected.params
+            if s in exp.params
         ]
         bound = 2.0**-18 * mag + 1e-12
         if weight_name in deq:

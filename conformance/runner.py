@@ -12,33 +12,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from weightcheck.fixtures.case import Case, CheckpointRecipe
-from weightcheck.strategies import cases, relayouts
-from weightcheck.strategies.archs import loras
-from weightcheck.strategies.checkpoints import value_seeds
+from weightcheck.capabilities import FEATURES, Capabilities
+from weightcheck.fixtures.case import Case
+from weightcheck.strategies import cases
 
-from . import properties
-from weightcheck.capabilities import Capabilities, FEATURES
-
-# The order of the conformance modules; a replay runs a case through them in this order.
-from weightcheck.families import FAMILIES
-
+from .properties import Outcome, property_named
 from .protocol import LoaderAdapter
-
-# The order of the conformance modules; a replay runs a case through them in this order.
-PROPERTIES = (
-    "roundtrip",
-    "tracking",
-    "missing_tensor",
-    "check_loaded",
-    "invariance",
-    "checkpoint_unchanged",
-    "reload",
-    "lora_equivalence",
-    "all_ranks",
-)
-FP8_FAMILIES = {f.name: f.fp8_methods for f in FAMILIES.values() if f.fp8_methods}
-MAX_RANKS = 8  # all_ranks loads every rank: keep one example to a few dozen loads
+from .timing import section
 
 
 @dataclass(frozen=True)
@@ -59,48 +39,13 @@ def draw_example(
     data: st.DataObject, prop: str, family: str, caps: Capabilities, device: str = "cpu"
 ) -> Example:
     """Draw the case and the property's own extras, labelled so Hypothesis prints them."""
-    max_ranks = MAX_RANKS if prop == "all_ranks" else None
-    case = data.draw(cases(family, caps, max_ranks), label="case")
-    if device != "cpu":
-        case = replace(case, placement=replace(case.placement, device=device))
-    extras: dict[str, Any] = {}
-    if prop == "lora_equivalence" and case.arch.lora is None:
-        lora = data.draw(loras(case.arch.family), label="lora")
-        case = replace(case, arch=replace(case.arch, lora=lora))
-    elif prop == "missing_tensor":
-        needed = properties.needed_tensors(case)
-        extras["dropped"] = data.draw(st.sampled_from(needed), label="dropped tensor")
-    elif prop == "check_loaded":
-        needed = properties.needed_tensors(case)
-        dropped = st.none() | st.sampled_from(needed)
-        extras["dropped"] = data.draw(dropped, label="dropped tensor (None: complete)")
-    elif prop == "invariance":
-        sharded = caps.supports("sharded_checkpoint")
-        other = data.draw(relayouts(case.recipe, sharded=sharded), label="second layout")
-        extras["second_layout"] = [list(f) for f in other.files]
-    elif prop == "reload":
-        seeds = value_seeds().filter(lambda s: s != case.recipe.value_seed)
-        extras["second_seed"] = data.draw(seeds, label="second value seed")
+    prop_obj = property_named(prop)
+    with section("draw"):
+        case = data.draw(cases(family, caps, prop_obj.max_ranks), label="case")
+        if device != "cpu":
+            case = replace(case, placement=replace(case.placement, device=device))
+        case, extras = prop_obj.draw(data, case, caps)
     return Example(prop, case, extras)
-
-
-def skip_reason(prop: str, family: str, caps: Capabilities) -> str | None:
-    """Why ``prop`` x ``family`` is not judged for a loader with ``caps`` (None: it is)."""
-    if family not in caps.families:
-        return f"not supported by the loader: family {family}"
-    if prop == "lora_equivalence":
-        if not caps.supports("lora"):
-            return "not supported by the loader: lora"
-        if not FAMILIES[family].lora:
-            return f"not applicable: {family} has no LoRA wrapping"
-    return None
-
-
-def not_applicable(prop: str, case: Case) -> str | None:
-    """Why a property does not apply to a case (None if it does)."""
-    if prop == "lora_equivalence" and case.arch.lora is None:
-        return "the case has no LoRA wrapping"
-    return None
 
 
 def unsupported(case: Case, caps: Capabilities) -> list[str]:
@@ -111,23 +56,13 @@ def unsupported(case: Case, caps: Capabilities) -> list[str]:
         for name, used in case.features().items()
         if isinstance(used, bool) and used and name in FEATURES and not caps.supports(name)
     ]
+    reason = caps.placement_reason(case.placement)
+    if reason:
+        missing.append(f"placement ({reason})")
     return missing
 
 
-def run_example(loader: LoaderAdapter, example: Example) -> str | None:
-    """Run one example; raises ``PropertyFailure`` or ``NotSupported``.  Returns a note."""
-    case, extras, prop = example.case, example.extras, example.property
-    if prop == "missing_tensor":
-        dropped = extras.get("dropped")
-        for name in [dropped] if dropped else properties.needed_tensors(case):
-            note = properties.missing_tensor(loader, case, name)
-        return note
-    if prop == "check_loaded":
-        return properties.check_loaded(loader, case, extras.get("dropped"))
-    if prop == "invariance":
-        files = extras.get("second_layout") or [list(reversed(case.recipe.names))]
-        other = CheckpointRecipe(case.recipe.value_seed, files, case.recipe.format)
-        return properties.invariance(loader, case, other)
-    if prop == "reload":
-        return properties.reload(loader, case, extras.get("second_seed", case.recipe.value_seed + 1))
-    return getattr(properties, prop)(loader, case)
+def run_example(loader: LoaderAdapter, example: Example) -> Outcome:
+    """Run one example; raises ``PropertyFailure`` or ``NotSupported``."""
+    outcome = property_named(example.property).run(loader, example.case, example.extras)
+    return outcome if isinstance(outcome, Outcome) else Outcome(outcome or "")

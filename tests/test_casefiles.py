@@ -40,7 +40,7 @@ def test_export_writes_an_hf_checkpoint_and_a_script_that_checks_a_loader(tmp_pa
     )
     assert ok.stdout.strip().endswith("OK"), ok.stdout
     bad = subprocess.run(
-        [sys.executable, str(out / "reproduce.py"), "--loader", "tests.mutants:conv1d_loader"],
+        [sys.executable, str(out / "reproduce.py"), "--loader", "weightcheck.reference_models.mutants:conv1d_loader"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     assert "problem" in bad.stdout or bad.returncode != 0, bad.stdout + bad.stderr

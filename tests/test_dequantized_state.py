@@ -6,13 +6,13 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 
 from weightcheck.conformance.assertions import PropertyFailure
-from weightcheck.conformance.properties import roundtrip, tracking
+from weightcheck.conformance.properties import PROPERTIES
 from weightcheck.capabilities import Capabilities, FEATURES
 from weightcheck.reference_models.reference_loader.layers import LinearBase
 from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
 from weightcheck.strategies.cases import fp8_cases
 
-from .helpers import adapter
+from weightcheck.conformance.search import adapter
 
 CAPS = Capabilities(families={"llama"}, features=set(FEATURES) | {"fp8_dequantized_state"})
 
@@ -55,8 +55,8 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None, derandomize=T
 @given(case=fp8_cases("llama", CAPS, ("fp8_per_tensor", "fp8_block")))
 def test_a_dequantizing_loader_passes_against_the_definition(case):
     loader = adapter(DequantizingLoader())
-    roundtrip(loader, case)
-    tracking(loader, case)
+    PROPERTIES["roundtrip"].run(loader, case, {})
+    PROPERTIES["tracking"].run(loader, case, {})
 
 
 def test_a_dequantizing_loader_that_rounds_differently_fails():
@@ -67,7 +67,7 @@ def test_a_dequantizing_loader_that_rounds_differently_fails():
     def run(case):
         case = replace(case, arch=replace(case.arch, dtype="bfloat16"))
         try:
-            roundtrip(adapter(DequantizingLoader(rounding_slip=True)), case)
+            PROPERTIES["roundtrip"].run(adapter(DequantizingLoader(rounding_slip=True)), case, {})
         except PropertyFailure as failure:
             failures.append(failure)
 

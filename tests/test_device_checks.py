@@ -14,14 +14,16 @@ from hypothesis import strategies as st
 
 from weightcheck.conformance import device_checks
 from weightcheck.conformance.assertions import PropertyFailure
-from weightcheck.conformance.runner import FP8_FAMILIES
+from weightcheck.families import FAMILIES
 from weightcheck.reference_models.reference_loader import loader as reference
 from weightcheck.reference_models.reference_loader.layers import LinearBase
 from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
 from weightcheck.strategies.cases import fp8_cases
 
-from .helpers import adapter
-from .mutants import BY_NAME
+from weightcheck.conformance.search import adapter
+from weightcheck.reference_models.mutants import BY_NAME
+
+FP8_FAMILIES = {f.name: f.fp8_methods for f in FAMILIES.values() if f.fp8_methods}
 
 FEW = settings(max_examples=15, deadline=None, database=None, derandomize=True,
                suppress_health_check=list(HealthCheck))

@@ -26,7 +26,7 @@ def matrix():
 
 
 def test_properties_in_the_suites_order(matrix):
-    from weightcheck.conformance.runner import PROPERTIES
+    from weightcheck.conformance.properties import PROPERTY_NAMES as PROPERTIES
 
     assert matrix.PROPERTIES == PROPERTIES
 

@@ -7,11 +7,12 @@ import pytest
 
 from weightcheck.conformance.assertions import PropertyFailure
 from weightcheck.conformance.casefiles import read_case_file
-from weightcheck.conformance.runner import PROPERTIES, Example, not_applicable, run_example
+from weightcheck.conformance.properties import PROPERTIES
+from weightcheck.conformance.runner import Example, run_example
 from weightcheck.reference_models.reference_loader import loader as reference
 
-from .helpers import adapter
-from .mutants import BY_NAME
+from weightcheck.conformance.search import adapter
+from weightcheck.reference_models.mutants import BY_NAME
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "regressions"
 CAUGHT_BY = {
@@ -36,10 +37,12 @@ def test_corpus_has_one_case_per_seed():
 @pytest.mark.parametrize("stem", sorted(CAUGHT_BY))
 def test_reference_passes_every_applicable_property(stem):
     example, _ = read_case_file(CORPUS / f"{stem}.json")
-    for prop in PROPERTIES:
-        if not_applicable(prop, example.case) is None:
+    loader = adapter(reference)
+    for prop, prop_obj in PROPERTIES.items():
+        family = example.case.arch.family
+        if prop_obj.skip_reason(family, loader) is None and prop_obj.not_applicable(example.case) is None:
             extras = example.extras if prop == example.property else {}
-            run_example(adapter(reference), Example(prop, example.case, extras))
+            run_example(loader, Example(prop, example.case, extras))
 
 
 @pytest.mark.parametrize("stem, mutant", [(s, m) for s, ms in CAUGHT_BY.items() for m in ms])

@@ -766,5 +766,5 @@ MUTANTS += [
 
 BY_NAME = {m.name: m for m in MUTANTS}
 
-# Mutant loaders by name, for --loader=tests.mutants:NAME_loader (the mutation matrix, tests).
+# Mutant loaders by name, for --loader=weightcheck.reference_models.mutants:NAME_loader (the mutation matrix, tests).
 conv1d_loader = BY_NAME["conv1d_not_transposed"].loader

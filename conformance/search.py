@@ -1,4 +1,9 @@
-"""Running one property against one loader under Hypothesis, outside the pytest plugin."""
+"""Searching one property against one loader under Hypothesis, outside the pytest plugin.
+
+For the suite's own tests and the CI scripts (the mutation matrix, the benchmark's kin): cases
+are drawn and run exactly as the conformance test modules do (``runner.draw_example`` and
+``run_example``), stopping at the first failure, without shrinking.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import UnsatisfiedAssumption
 
-from weightcheck.conformance import properties
-from weightcheck.conformance.assertions import PropertyFailure
 from weightcheck.capabilities import Capabilities
-from weightcheck.conformance.protocol import LoaderAdapter
-from weightcheck.conformance.runner import draw_example, run_example, skip_reason
+
+from .assertions import PropertyFailure
+from .properties import NotSupported, property_named
+from .protocol import LoaderAdapter
+from .runner import draw_example, run_example
 
 
 def adapter(loader) -> LoaderAdapter:
@@ -30,7 +36,8 @@ class SearchResult:
     failing one (all of them when nothing failed; draws Hypothesis abandons are not counted); ``seconds`` is the wall time to that point.  ``first_error`` is
     the exception the first failing example raised; ``raised`` is what the Hypothesis run
     raised in the end (the same failure replayed, or e.g. a flaky-failure error).  ``skipped``
-    says why the property was not judged (not applicable, or ``NotSupported``).
+    says why the property was not judged (not applicable, ``NotSupported``, or no example
+    exercised it: a search that checked nothing is not a pass).
     """
 
     prop: str
@@ -40,6 +47,7 @@ class SearchResult:
     first_error: BaseException | None = None
     raised: BaseException | None = None
     skipped: str | None = None
+    exercised: int = 0  # examples that really checked what the property is about
 
     @property
     def failed(self) -> bool:
@@ -63,7 +71,7 @@ def run_search(
     and ``nightly`` profiles run without ``derandomize``)."""
     wrapped = loader if isinstance(loader, LoaderAdapter) else adapter(loader)
     result = SearchResult(prop, family)
-    reason = skip_reason(prop, family, wrapped.capabilities)
+    reason = property_named(prop).skip_reason(family, wrapped)
     if reason:
         result.skipped = reason
         return result
@@ -75,13 +83,14 @@ def run_search(
         database=None,
         deadline=None,
         phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
+        # as the suite's profiles: a loader that builds a model per example is slow, not sick
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(data=st.data())
     def run(data):
         # Counts the examples that ran the property (drawn in full), up to the first failure.
         try:  # drawn and run exactly as conformance/test_*.py do (Harness.check)
-            run_example(wrapped, draw_example(data, prop, family, wrapped.capabilities))
+            outcome = run_example(wrapped, draw_example(data, prop, family, wrapped.capabilities))
         except UnsatisfiedAssumption:
             raise  # Hypothesis control flow (a filtered draw gave up): not an example
         except Exception as exc:
@@ -92,18 +101,22 @@ def run_search(
             raise
         if result.first_error is None:
             result.examples += 1
+            result.exercised += outcome.exercised
 
     if seed is not None:
         run = hypothesis_seed(seed)(run)
     try:
         run()
-    except properties.NotSupported as reason:
+    except NotSupported as reason:
         result.skipped = f"not supported by the loader: {reason}"
     except Exception as exc:
         result.raised = exc
     if result.first_error is None:
         result.seconds = time.perf_counter() - start
-    elif isinstance(result.first_error, properties.NotSupported):
+        if result.skipped is None and result.examples and not result.exercised:
+            why = property_named(prop).not_exercised or "no example checked it"
+            result.skipped = f"not exercised: {why}"
+    elif isinstance(result.first_error, NotSupported):
         result.skipped = f"not supported by the loader: {result.first_error}"
     return result
 

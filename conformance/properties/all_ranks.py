@@ -1,0 +1,120 @@
+"""All ranks of a placement (pp x tp x ep, at most ``MAX_RANKS``): each loads without error,
+holds exactly its slice and tracks exactly its own parameters, and together they hold every
+checkpoint weight."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from weightcheck.reference_models.families import checkpoint_specs
+from weightcheck.reference_models.oracle import Expected, source_view
+
+from ..assertions import fail, same_bits
+from ..timing import section
+from .base import (
+    LoaderRaised,
+    Outcome,
+    Property,
+    call,
+    context,
+    expected,
+    mismatches,
+    scratch,
+    tensors_of,
+    tracking_problems,
+    write,
+)
+
+MAX_RANKS = 8  # one example loads every rank: keep it to a few dozen loads
+
+
+def ranks(placement, caps=None) -> list:
+    """Every rank of the placement's world that the loader can hold, in (pp, tp, ep) order."""
+    every = [
+        replace(placement, pp_rank=pp, tp_rank=tp, ep_rank=ep)
+        for pp in range(placement.pp_size)
+        for tp in range(placement.tp_size)
+        for ep in range(placement.ep_size)
+    ]
+    if caps is None:
+        return every
+    return [p for p in every if caps.placement_reason(p) is None]
+
+
+def rank_name(p) -> str:
+    text = f"pp {p.pp_rank}/{p.pp_size}, tp {p.tp_rank}/{p.tp_size}"
+    return text + (f", ep {p.ep_rank}/{p.ep_size}" if p.ep_size > 1 else "")
+
+
+class AllRanks(Property):
+    name = "all_ranks"
+    label = "all ranks"
+    max_ranks = MAX_RANKS
+
+    def run(self, loader, case, extras):
+        title = "all ranks: loading the whole placement rank by rank"
+        specs = checkpoint_specs(case.arch, case.recipe.format)
+        tensors = tensors_of(case)
+        covered = {
+            n: torch.zeros(specs[n].shape, dtype=torch.bool)
+            for n in case.recipe.names
+            if specs[n].role == "weight"
+        }
+        problems = []
+        placements = ranks(case.placement, loader.capabilities)
+        with scratch() as path:
+            checkpoint = write(case, path, tensors=tensors)
+            for placement in placements:
+                rank_case = replace(case, placement=placement)
+                try:
+                    model = call("build", loader.build, case.arch, placement)
+                    loaded = call("load", loader.load, model, checkpoint)
+                    state = call("state", loader.state, model)
+                except LoaderRaised as err:
+                    problems.append(f"rank {rank_name(placement)}: {err}")
+                    continue
+                exp = expected(rank_case, tensors, loader)
+                rank_problems = mismatches(state, exp, case)
+                if loaded is not None:
+                    rank_problems += tracking_problems(loaded, set(exp.tracked))
+                problems += [f"rank {rank_name(placement)}: {p}" for p in rank_problems]
+                with section("compare"):
+                    mark_covered(covered, state, exp)
+        for name, mask in covered.items():
+            if not mask.all():
+                problems.append(
+                    f"{name}: {int((~mask).sum())} of {mask.numel()} elements are held correctly "
+                    "by no rank"
+                )
+        if problems:
+            fail(title, problems, context(case, f"ranks: {len(placements)}"))
+        return Outcome()
+
+
+def mark_covered(covered, state, exp: Expected) -> None:
+    """Mark the checkpoint elements this rank holds correctly (views write through to masks)."""
+    for name, param in exp.params.items():
+        actual = state.get(name)
+        if actual is None or tuple(actual.shape) != tuple(param.value.shape):
+            continue
+        actual = actual.detach().cpu()
+        for piece in param.pieces:
+            if piece.source is None or piece.source.name not in covered:
+                continue
+            if same_bits(actual[piece.dst], param.value[piece.dst]):
+                source = replace(piece.source, scale=None, block=None)
+                source_view(covered, source)[piece.src] = True
+                if piece.source.scale in covered:  # dequantised at load: its scale is held too
+                    cover_scale(covered[piece.source.scale], piece.src, piece.source.block)
+
+
+def cover_scale(mask: torch.Tensor, src: tuple, block: tuple[int, int] | None) -> None:
+    """Mark the scale blocks (or the per-tensor scale) a dequantised weight region used."""
+    if block is None or mask.dim() == 0:
+        mask.fill_(True)
+        return
+    rows, cols = src[-2], src[-1]
+    bn, bk = block
+    mask[rows.start // bn : -(-rows.stop // bn), cols.start // bk : -(-cols.stop // bk)] = True

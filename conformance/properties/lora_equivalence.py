@@ -1,0 +1,53 @@
+"""LoRA wrapping: a wrapped model (``...base_layer.weight``) loads exactly the base weights the
+unwrapped one does, and tracks the ``base_layer`` parameters, never the LoRA A/B tensors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from weightcheck.strategies.archs import loras
+
+from ..assertions import fail
+from .base import Outcome, Property, context, expected, load_or_fail, mismatches, tracking_problems
+
+
+def strip_lora(name: str) -> str:
+    return name.replace(".base_layer.", ".")
+
+
+class LoraEquivalence(Property):
+    name = "lora_equivalence"
+    label = "LoRA"
+    feature = "lora"
+    lora = True
+
+    def not_applicable(self, case):
+        return "the case has no LoRA wrapping" if case.arch.lora is None else None
+
+    def draw(self, data, case, caps):
+        if case.arch.lora is None:
+            lora = data.draw(loras(case.arch.family), label="lora")
+            case = replace(case, arch=replace(case.arch, lora=lora))
+        return case, {}
+
+    def run(self, loader, case, extras):
+        if case.arch.lora is None:
+            raise ValueError("lora_equivalence needs a case with arch.lora")
+        title = "LoRA: the wrapped model's base weights differ from the unwrapped model's"
+        plain = replace(case, arch=replace(case.arch, lora=None))
+        wrapped = load_or_fail(loader, case, self.label)
+        unwrapped = load_or_fail(loader, plain, self.label)
+        problems = []
+        by_plain_name = {strip_lora(n): n for n in wrapped.state}
+        if set(by_plain_name) != set(unwrapped.state):
+            problems.append(
+                f"parameters only when wrapped: {sorted(set(by_plain_name) - set(unwrapped.state))}; "
+                f"only when unwrapped: {sorted(set(unwrapped.state) - set(by_plain_name))}"
+            )
+        exp = expected(case, wrapped.tensors, loader)
+        problems += mismatches(wrapped.state, exp, case)
+        if wrapped.loaded is not None:
+            problems += tracking_problems(wrapped.loaded, set(exp.tracked))
+        if problems:
+            fail(title, problems, context(case))
+        return Outcome()
