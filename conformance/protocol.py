@@ -21,7 +21,16 @@ from weightcheck.capabilities import Capabilities, LoaderSpecError
 # process_weights_after_loading(model): post-load repacking for inference (vLLM's hook).
 # linear_forward(model, module, x): apply this rank's linear layer ``module`` (a canonical
 #   runtime parameter name without ``.weight``) to ``x`` [B, K_local], giving [B, N_local].
-OPTIONAL_HOOKS = ("state", "check_loaded", "process_weights_after_loading", "linear_forward")
+# load_ranks(arch, placements, checkpoint): build and load every placement of one world at
+#   once (engines that need one process per rank: one world run instead of one per rank);
+#   returns, in the order given, each rank's (state, loaded) or the exception it raised.
+OPTIONAL_HOOKS = (
+    "state",
+    "check_loaded",
+    "process_weights_after_loading",
+    "linear_forward",
+    "load_ranks",
+)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ HARNESS_SECTIONS = (
     "compare",  # comparing a state with the oracle's
     "digest",  # hashing the checkpoint directory (checkpoint_unchanged)
 )
-LOADER_STAGES = ("build", "load", "state", "check_loaded", "process_weights_after_loading", "linear_forward")
+LOADER_STAGES = (
+    "build", "load", "state", "check_loaded", "process_weights_after_loading", "linear_forward",
+    "load_ranks",
+)
 
 _CLOCK: ContextVar["Clock | None"] = ContextVar("weightcheck_clock", default=None)
 

@@ -66,15 +66,12 @@ class AllRanks(Property):
         placements = ranks(case.placement, loader.capabilities)
         with scratch() as path:
             checkpoint = write(case, path, tensors=tensors)
-            for placement in placements:
-                rank_case = replace(case, placement=placement)
-                try:
-                    model = call("build", loader.build, case.arch, placement)
-                    loaded = call("load", loader.load, model, checkpoint)
-                    state = call("state", loader.state, model)
-                except LoaderRaised as err:
-                    problems.append(f"rank {rank_name(placement)}: {err}")
+            for placement, got in zip(placements, load_world(loader, case.arch, placements, checkpoint)):
+                if isinstance(got, LoaderRaised):
+                    problems.append(f"rank {rank_name(placement)}: {got}")
                     continue
+                state, loaded = got
+                rank_case = replace(case, placement=placement)
                 exp = expected(rank_case, tensors, loader)
                 rank_problems = mismatches(state, exp, case)
                 if loaded is not None:
@@ -91,6 +88,38 @@ class AllRanks(Property):
         if problems:
             fail(title, problems, context(case, f"ranks: {len(placements)}"))
         return Outcome()
+
+
+def load_world(loader, arch, placements, checkpoint) -> list:
+    """Each rank's ``(state, loaded)`` or ``LoaderRaised``: through the loader's ``load_ranks``
+    hook (one world run) when it has one, else build, load and state rank by rank."""
+    hook = loader.hook("load_ranks")
+    if hook is not None:
+        try:
+            results = call("load_ranks", hook, arch, list(placements), checkpoint)
+        except LoaderRaised as err:
+            return [err] * len(placements)
+        if len(results) != len(placements):
+            err = LoaderRaised(
+                "load_ranks",
+                ValueError(f"returned {len(results)} results for {len(placements)} placements"),
+            )
+            return [err] * len(placements)
+        return [
+            LoaderRaised("load_ranks", r)
+            if isinstance(r, BaseException)
+            else (dict(r[0]), None if r[1] is None else set(r[1]))
+            for r in results
+        ]
+    out = []
+    for placement in placements:
+        try:
+            model = call("build", loader.build, arch, placement)
+            loaded = call("load", loader.load, model, checkpoint)
+            out.append((call("state", loader.state, model), loaded))
+        except LoaderRaised as err:
+            out.append(err)
+    return out
 
 
 def mark_covered(covered, state, exp: Expected) -> None:
