@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from hypothesis import reject
 from hypothesis import strategies as st
 
 from weightcheck.capabilities import Capabilities
@@ -57,11 +58,19 @@ def placements(
     caps: Capabilities | None = None,
     max_ep: int | None = None,
 ) -> Placement:
-    """Any rank of the (tp, pp, ep) grid; ep only for MoE archs, never above the expert count."""
+    """Any rank of the (tp, pp, ep) grid; ep only for MoE archs, never above the expert count.
+
+    For a loader that declares which placements it can hold (``Capabilities.placements``),
+    only those: the ep size among those with a supported rank, then one of its supported ranks
+    (both shrink towards the first, smallest one).
+    """
     caps = caps or Capabilities()
-    ep_size = 1
-    if arch.moe is not None and caps.supports("expert_parallel"):
-        ep_size = draw(st.integers(1, min(MAX_EP, arch.moe.num_experts, max_ep or MAX_EP)))
+    max_ep = min(MAX_EP, arch.moe.num_experts, max_ep or MAX_EP) if arch.moe is not None else 1
+    if not caps.supports("expert_parallel"):
+        max_ep = 1
+    if caps.placements is not None:
+        return draw(_supported_placements(arch, tp_size, pp_size, caps, max_ep))
+    ep_size = draw(st.integers(1, max_ep))
     return Placement(
         layer_partition=draw(partitions(arch.num_layers, pp_size)),
         tp_size=tp_size,
@@ -72,3 +81,24 @@ def placements(
         ep_rank=draw(st.integers(0, ep_size - 1)),
         expert_placement=draw(st.sampled_from(EXPERT_PLACEMENTS)),
     )
+
+
+@st.composite
+def _supported_placements(draw, arch: Arch, tp_size: int, pp_size: int, caps, max_ep: int) -> Placement:
+    partition = draw(partitions(arch.num_layers, pp_size))
+    kind = draw(st.sampled_from(EXPERT_PLACEMENTS))
+    by_ep_size = {}
+    for ep_size in range(1, max_ep + 1):
+        grid = [
+            Placement(partition, tp_size, tp, pp_size, pp, ep_size, ep, kind)
+            for pp in range(pp_size)
+            for tp in range(tp_size)
+            for ep in range(ep_size)
+        ]
+        supported = [p for p in grid if caps.placement_reason(p) is None]
+        if supported:
+            by_ep_size[ep_size] = supported
+    if not by_ep_size:
+        reject()  # the loader holds no rank of this (tp, pp): an unusual declaration
+    ep_size = draw(st.sampled_from(sorted(by_ep_size)), label="ep size")
+    return draw(st.sampled_from(by_ep_size[ep_size]), label="supported rank")

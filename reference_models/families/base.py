@@ -50,7 +50,7 @@ class FamilySpec:
         raise NotImplementedError
 
     def layout(self, arch, placement, fmt: str = "default") -> dict[str, Any]:
-        """Runtime parameter name -> layout rule (``weightcheck.reference_models.oracle.rules``)."""
+        """Runtime parameter name -> layout rule (``weightcheck.reference_models.families.rules``)."""
         raise NotImplementedError
 
 

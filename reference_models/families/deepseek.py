@@ -9,7 +9,7 @@ Every layer has a dense MLP; MoE, rope and MTP layers are not modelled.
 
 from __future__ import annotations
 
-from ..oracle.rules import Concatenated, Replicated, Sharded, Source
+from .rules import Concatenated, Replicated, Sharded, Source
 from .base import TensorSpec
 from .llama import COLUMN, ROW, Llama
 from .quant import linear_checkpoint, linear_layout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..oracle.rules import Replicated, Sharded, Source, VocabParallel, qkv_fused
+from .rules import Replicated, Sharded, Source, VocabParallel, qkv_fused
 from .base import FamilySpec, TensorSpec
 
 COLUMN, ROW = 0, 1

@@ -7,7 +7,7 @@ and LoRA naming.
 
 from __future__ import annotations
 
-from ..oracle.rules import QKV, Replicated, Sharded, Source, Stacked, VocabParallel
+from .rules import QKV, Replicated, Sharded, Source, Stacked, VocabParallel
 from .base import FamilySpec, TensorSpec, wrapped
 from .quant import linear_checkpoint, linear_layout, quantization_config
 

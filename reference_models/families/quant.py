@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..oracle.rules import BlockScales, InDtype, ShardScales
+from .rules import BlockScales, InDtype, ShardScales
 from .base import TensorSpec
 
 FP8 = "float8_e4m3fn"

@@ -7,7 +7,7 @@ and the transformers-v5 fused 3-D form (``mlp.experts.gate_up_proj`` [E, 2Im, H]
 
 from __future__ import annotations
 
-from ..oracle.rules import Experts, Replicated, Source
+from .rules import Experts, Replicated, Source
 from .base import TensorSpec, wrapped
 from .llama import Llama, dense_mlp_checkpoint, dense_mlp_layout
 from .quant import linear_checkpoint, linear_layout

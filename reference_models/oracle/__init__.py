@@ -1,7 +1,7 @@
 """The oracle: expected runtime state and tracked set, independent of any loader."""
 
 from .expected import Expected, ExpectedParam, dequantize, expected_state, source_view
-from .rules import Piece, Source
+from ..families.rules import Piece, Source
 
 __all__ = [
     "Expected",

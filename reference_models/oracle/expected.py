@@ -15,9 +15,10 @@ from typing import Mapping
 
 import torch
 
-from .. import families  # module import: families' specs import our rules
 from weightcheck.arch import TENSOR_DTYPES
-from .rules import InDtype, Piece, Source, scale_name
+
+from .. import families
+from ..families.rules import InDtype, Piece, Source, scale_name
 
 
 @dataclass(frozen=True)
