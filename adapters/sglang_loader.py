@@ -23,7 +23,11 @@ Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapt
   tracking property is reported as not supported and a missing tensor passes only if SGLang
   raises.
 - ``state(model)`` is ``named_parameters()`` renamed to the canonical layout of
-  docs/runtime-layout.md; values are never touched.
+  docs/runtime-layout.md; values are never touched.  Parameters SGLang itself marks
+  ``_skip_weight_check`` (the KV-cache scales ``attn.k_scale``/``attn.v_scale`` its
+  ``BaseKVCacheMethod`` adds to every attention layer of a quantised model, defaulted to -1 and
+  no checkpoint weights of the canonical layout) are left out, as SGLang's own weight checker
+  leaves them out.
 
 Only single-rank placements (tp = pp = ep = 1) are declared: SGLang reads its tp/pp/ep rank from
 its process groups, which need one process per rank.  See ``features()`` for what else is and is
@@ -47,7 +51,7 @@ import torch  # noqa: E402
 
 import sglang  # noqa: E402
 
-from weightcheck import Capabilities  # noqa: E402
+from weightcheck import Arch, Capabilities, Checkpoint, Placement  # noqa: E402
 
 SGLANG_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -56,7 +60,10 @@ SGLANG_ARCHITECTURES = {
     "qwen2_moe": "Qwen2MoeForCausalLM",
 }
 
-# SGLang runtime name -> canonical name (docs/runtime-layout.md).
+# SGLang runtime name -> canonical name (docs/runtime-layout.md).  For the four declared
+# families SGLang 0.5.23's names already are the canonical ones (``mlp.experts.w13_weight``,
+# ``w2_weight``, GPT-2's ``transformer.*``; a tied ``lm_head`` is no separate parameter where
+# SGLang ties it), so the table is empty; it is where a rename would go.
 _RENAMES: tuple[tuple[re.Pattern, str], ...] = ()
 
 
@@ -100,6 +107,12 @@ class _Runtime:
             reset_context,
         )
         from sglang.srt.server_args import ServerArgs
+
+        # What build/load use, imported here so that the whole set-up is paid once per process
+        # (importing the model registry imports every SGLang model module).
+        import sglang.srt.configs.model_config  # noqa: F401
+        import sglang.srt.model_loader.loader  # noqa: F401
+        import sglang.srt.model_loader.utils  # noqa: F401
 
         self.config_root = tempfile.mkdtemp(prefix="weightcheck-sglang-configs-")
         atexit.register(shutil.rmtree, self.config_root, ignore_errors=True)
@@ -150,8 +163,25 @@ class _Runtime:
 
 
 def features(environ=os.environ) -> set[str]:
-    """The declared features (docs/adapters/sglang.md says why each missing one is missing)."""
-    return {"tied_embeddings", "attention_bias", "sharded_checkpoint"}
+    """The declared features; docs/adapters/sglang.md says why each missing one is missing:
+
+    - tensor/pipeline/expert parallel: one process per rank needed (a rank pool is being built).
+    - fused_expert_checkpoint: SGLang 0.5.23's Qwen2-MoE/Qwen3-MoE ``load_weights`` know only
+      per-expert tensors; the transformers-v5 3-D ``mlp.experts.gate_up_proj``/``down_proj`` are
+      skipped without a word (the experts keep uninitialised memory).
+    - lora: SGLang's LoRA layers allocate pinned memory at construction
+      (``MergedColumnParallelLinearWithLoRA``: ``torch.tensor(..., pin_memory=True)``), which
+      raises on a machine without an accelerator.
+    - fp8_per_tensor: works (bf16/fp16 models), but SGLang refuses FP8 for float32 models and the
+      random profile draws float32 FP8 cases, so it is opt-in: ``WEIGHTCHECK_SGLANG_FP8=1``, for
+      bf16/fp16 case files (``--replay``/``--regressions``).
+    - fp8_block: SGLang refuses, at construction, block sizes that do not divide every shard of
+      a merged layer (the random profile's usual case), and its Llama drops every block scale.
+    """
+    declared = {"tied_embeddings", "attention_bias", "sharded_checkpoint"}
+    if environ.get("WEIGHTCHECK_SGLANG_FP8") == "1":
+        declared.add("fp8_per_tensor")
+    return declared
 
 
 class SglangLoader:
@@ -167,7 +197,7 @@ class SglangLoader:
             self._runtime = _Runtime()
         return self._runtime
 
-    def build(self, arch, placement) -> SglangModel:
+    def build(self, arch: Arch, placement: Placement) -> SglangModel:
         from sglang.srt.configs.load_config import LoadConfig
         from sglang.srt.configs.model_config import ModelConfig
         from sglang.srt.model_loader.loader import _get_quantization_config, _initialize_model
@@ -191,7 +221,7 @@ class SglangLoader:
             module = _initialize_model(model_config, load_config, quant_config)
         return SglangModel(module, model_config)
 
-    def load(self, model: SglangModel, checkpoint) -> None:
+    def load(self, model: SglangModel, checkpoint: Checkpoint) -> None:
         """SGLang's reader on ``checkpoint.path`` into the model's own ``load_weights``, as
         ``DefaultModelLoader.load_model`` does before post-processing.  Returns None: SGLang
         does not track which parameters it loaded (see the module docstring)."""
@@ -209,7 +239,11 @@ class SglangLoader:
         return None
 
     def state(self, model: SglangModel) -> dict[str, torch.Tensor]:
-        return {canonical_name(n): p for n, p in model.module.named_parameters()}
+        return {
+            canonical_name(n): p
+            for n, p in model.module.named_parameters()
+            if not getattr(p, "_skip_weight_check", False)
+        }
 
 
 loader = SglangLoader()

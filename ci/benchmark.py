@@ -41,11 +41,12 @@ if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from weightcheck.conformance.harness import Harness  # noqa: E402
+from weightcheck.conformance.profiles import CASE_HEALTH_CHECKS  # noqa: E402
 from weightcheck.conformance.properties import PROPERTY_NAMES  # noqa: E402
 from weightcheck.conformance.protocol import resolve_loader  # noqa: E402
 from weightcheck.conformance.timing import HARNESS_SECTIONS, LOADER_STAGES, Clock  # noqa: E402
@@ -107,8 +108,7 @@ def hypothesis_settings(examples: int, seed: int | None) -> settings:
         database=None,
         deadline=None,
         phases=[Phase.explicit, Phase.generate],
-        # as the weightcheck profiles do: tiny-but-slow examples are not a health problem
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=CASE_HEALTH_CHECKS,  # as the weightcheck profiles do
         print_blob=False,
     )
 

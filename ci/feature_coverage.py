@@ -13,10 +13,11 @@ import argparse
 import itertools
 from collections import Counter
 
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import Phase, given, seed, settings
 
 from weightcheck.families import FAMILY_NAMES
 from weightcheck.strategies import cases
+from weightcheck.conformance.profiles import CASE_HEALTH_CHECKS
 
 FEATURES = (
     "tensor_parallel",
@@ -41,7 +42,7 @@ def collect(family: str, examples: int, run_seed: int) -> list[dict]:
         database=None,
         deadline=None,
         phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
+        suppress_health_check=CASE_HEALTH_CHECKS,
     )
     @given(case=cases(family))
     def draw(case):

@@ -20,11 +20,14 @@ DEFAULT_PROFILE = "dev"
 DATABASE_PROFILES = ("nightly",)
 
 
+# Whole cases are big draws (about one data_too_large in a few hundred) and each example writes
+# a checkpoint and builds and loads a model (too_slow by Hypothesis's measure): neither is a
+# problem of the test.  Every other health check stays on.
+CASE_HEALTH_CHECKS = (HealthCheck.too_slow, HealthCheck.data_too_large)
+
+
 def register_profiles() -> None:
-    common = {
-        "deadline": None,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-    }
+    common = {"deadline": None, "suppress_health_check": list(CASE_HEALTH_CHECKS)}
     default = settings.get_profile("default")
     settings.register_profile("dev", parent=default, max_examples=DEV_EXAMPLES, **common)
     settings.register_profile(

@@ -48,11 +48,11 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         return report
     run_harness = harness(config)
     counts = run_harness.counts.pop(item.nodeid, None)
+    example = run_harness.last_example.pop(item.nodeid, None)
     if counts:
         report.user_properties.append((FEATURE_PROPERTY, dict(counts)))
         if report.passed and counts["examples"] and not counts[EXERCISED]:
-            _not_exercised(item, report, prop)
-    example = run_harness.last_example.pop(item.nodeid, None)
+            _not_exercised(item, report, example.property if example else None)
     if report.skipped and hasattr(report, "wasxfail") and example is not None:
         # a known failure (--expect-fail): the matrix says which features it touched
         report.user_properties.append((FAILING_PROPERTY, example.case.features()))
@@ -68,9 +68,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
 
 def _not_exercised(item: pytest.Item, report: pytest.TestReport, prop: str | None) -> None:
     """A test none of whose examples exercised its property is skipped, never passed."""
-    from .properties import property_named
+    from .properties import PROPERTIES
 
-    why = property_named(prop).not_exercised if prop else ""
+    why = PROPERTIES[prop].not_exercised if prop in PROPERTIES else ""
     reason = f"not exercised: {why or 'no example checked what the property is about'}"
     report.outcome = "skipped"
     report.longrepr = (str(item.path), item.location[1] or 0, reason)

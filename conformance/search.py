@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import UnsatisfiedAssumption
@@ -18,6 +18,7 @@ from hypothesis.errors import UnsatisfiedAssumption
 from weightcheck.capabilities import Capabilities
 
 from .assertions import PropertyFailure
+from .profiles import CASE_HEALTH_CHECKS
 from .properties import NotSupported, property_named
 from .protocol import LoaderAdapter
 from .runner import draw_example, run_example
@@ -83,8 +84,7 @@ def run_search(
         database=None,
         deadline=None,
         phases=[Phase.explicit, Phase.generate],
-        # as the suite's profiles: a loader that builds a model per example is slow, not sick
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=CASE_HEALTH_CHECKS,  # as the suite's profiles
     )
     @given(data=st.data())
     def run(data):

@@ -3,7 +3,7 @@ held to the dequantisation definition: exact in the model dtype, no scales."""
 
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from weightcheck.conformance.assertions import PropertyFailure
 from weightcheck.conformance.properties import PROPERTIES
@@ -13,6 +13,7 @@ from weightcheck.reference_models.reference_loader.loader import ReferenceLoader
 from weightcheck.strategies.cases import fp8_cases
 
 from weightcheck.conformance.search import adapter
+from weightcheck.conformance.profiles import CASE_HEALTH_CHECKS
 
 CAPS = Capabilities(families={"llama"}, features=set(FEATURES) | {"fp8_dequantized_state"})
 
@@ -48,7 +49,7 @@ class DequantizingLoader(ReferenceLoader):
 
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
+                    suppress_health_check=CASE_HEALTH_CHECKS)
 
 
 @SETTINGS

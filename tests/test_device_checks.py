@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightcheck.conformance import device_checks
@@ -22,11 +22,12 @@ from weightcheck.strategies.cases import fp8_cases
 
 from weightcheck.conformance.search import adapter
 from weightcheck.reference_models.mutants import BY_NAME
+from weightcheck.conformance.profiles import CASE_HEALTH_CHECKS
 
 FP8_FAMILIES = {f.name: f.fp8_methods for f in FAMILIES.values() if f.fp8_methods}
 
 FEW = settings(max_examples=15, deadline=None, database=None, derandomize=True,
-               suppress_health_check=list(HealthCheck))
+               suppress_health_check=CASE_HEALTH_CHECKS)
 
 
 def _cases(family, methods):
@@ -75,7 +76,7 @@ def _first_failure(loader, check, family, methods):
     found = []
 
     @settings(max_examples=60, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=CASE_HEALTH_CHECKS)
     @given(case=_cases(family, methods))
     def search(case):
         if found:

@@ -5,11 +5,12 @@ hand with transformers 5.23.0.
 """
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from weightcheck.fixtures.materialize import scratch_dir, write_case
 from weightcheck.strategies import cases
+from weightcheck.conformance.profiles import CASE_HEALTH_CHECKS
 
 FAMILY_CLASSES = {
     "llama": "LlamaForCausalLM",
@@ -23,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 
 @settings(
     max_examples=40, deadline=None, database=None, phases=[Phase.generate],
-    suppress_health_check=list(HealthCheck),
+    suppress_health_check=CASE_HEALTH_CHECKS,
 )
 @given(case=st.sampled_from(FAMILY_CLASSES).flatmap(cases))
 def test_transformers_loads_the_checkpoint(case):

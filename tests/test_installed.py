@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -38,8 +39,12 @@ def run(cmd, cwd=None, env=None, check=True, timeout=900) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of the source (setuptools leaves build/ where it builds)."""
+    source = tmp_path_factory.mktemp("source") / "weightcheck"
+    junk = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", "weightcheck-results")
+    shutil.copytree(ROOT, source, ignore=junk)
     out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, ROOT])
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, source])
     (found,) = out.glob("weightcheck-*.whl")
     return found
 

@@ -33,17 +33,14 @@ from weightcheck.reference_models.reference_loader.layers import (
     RMSNorm,
     ReplicatedLinear,
     RowParallelLinear,
-    ceil_div,
-    check_shape,
     layer_quant,
 )
 from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM, LlamaMLP
+from weightcheck.reference_models.reference_loader.quant import get_quant_method
 from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
 
 WK = "wk"  # the indexer's key projection, checkpoint ``...indexer.wk.*``
 WK_SHARD = 0  # its rows in wk_weights_proj; weights_proj is shard 1
-# scale leaves of an FP8 wk (block-wise, or per-tensor for completeness)
-WK_SCALES = ("weight_scale_inv", "weight_scale")
 
 
 class DeepseekV32Indexer(nn.Module):
@@ -59,7 +56,10 @@ class DeepseekV32Indexer(nn.Module):
             arch.hidden_size, [mla.index_head_dim, mla.index_n_heads], False, placement, dtype
         )
         self.k_norm = LayerNorm(mla.index_head_dim, placement, dtype)
+        # How the checkpoint's wk is quantised: its method dequantises it (block-wise, or
+        # per-tensor for completeness) and names its scale leaves.
         self.wk_quant = layer_quant(arch, [f"{prefix}.{WK}"])
+        self.wk_quant_method = get_quant_method(self.wk_quant)
 
 
 class DeepseekV32Attention(nn.Module):
@@ -94,19 +94,6 @@ class DeepseekV32DecoderLayer(nn.Module):
         self.mlp = LlamaMLP(arch, placement, prefix=f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(arch.hidden_size, placement, arch.torch_dtype)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, placement, arch.torch_dtype)
-
-
-def dequantize_wk(weight: torch.Tensor, scale: torch.Tensor, quant, dtype, what: str) -> torch.Tensor:
-    """The document's dequantisation, exactly: float32 product, then one cast to ``dtype``."""
-    n, k = weight.shape
-    if quant.method == "fp8_block":
-        bn, bk = quant.block
-        check_shape(scale, (ceil_div(n, bn), ceil_div(k, bk)), f"{what} weight_scale_inv")
-        expanded = scale.float().repeat_interleave(bn, 0).repeat_interleave(bk, 1)[:n, :k]
-        return (weight.float() * expanded).to(dtype)
-    if scale.numel() != 1:
-        raise ValueError(f"{what}: per-tensor scale has shape {tuple(scale.shape)}, expected []")
-    return (weight.float() * scale.float().reshape(())).to(dtype)
 
 
 class DeepseekV32ForCausalLM(LlamaForCausalLM):
@@ -161,15 +148,15 @@ class DeepseekV32ForCausalLM(LlamaForCausalLM):
         target = f"{module}.wk_weights_proj.weight"
         param = tracker.param(target, name)
         indexer = self.get_submodule(module)
-        quant = indexer.wk_quant
-        if quant is None:
+        method = indexer.wk_quant_method
+        if indexer.wk_quant is None:
             if leaf != "weight":
                 raise ValueError(f"checkpoint tensor {name!r}: {module}.{WK} is not quantised")
             param.weight_loader(param, loaded_weight, WK_SHARD)
             tracker.record(target, WK_SHARD)
             return
-        scale_leaf = "weight_scale_inv" if quant.method == "fp8_block" else "weight_scale"
-        if leaf == "input_scale" and quant.activation_scheme == "static":
+        scale_leaf = method.weight_scale_name
+        if leaf == method.input_scale_name:
             return  # activations of the fused model-dtype layer are not quantised
         if leaf not in ("weight", scale_leaf):
             raise ValueError(f"checkpoint tensor {name!r} matches no parameter of this model")
@@ -177,8 +164,8 @@ class DeepseekV32ForCausalLM(LlamaForCausalLM):
         pending[leaf] = loaded_weight.detach().clone()
         if "weight" in pending and scale_leaf in pending:
             halves = self._pending_wk.pop(target)
-            weight = dequantize_wk(
-                halves["weight"], halves[scale_leaf], quant, self.arch.torch_dtype, name
+            weight = method.dequantize(
+                halves["weight"], halves[scale_leaf], self.arch.torch_dtype, name
             )
             param.weight_loader(param, weight, WK_SHARD)
             tracker.record(target, WK_SHARD)

@@ -2,19 +2,17 @@
 
 Each parameter carries a ``weight_loader(param, loaded_weight, loaded_shard_id=None)`` callback,
 as in vLLM, so a model's ``load_weights`` only routes checkpoint tensors; all the slicing of the
-TP layout (docs/runtime-layout.md) lives here, next to the shapes it produces.
+TP layout (docs/runtime-layout.md) lives here, next to the shapes it produces.  Parameters start
+as NaN (``parameters.new_parameter``), and loaders raise ``ValueError`` on a checkpoint tensor of
+the wrong shape.
 
-Parameters start as NaN rather than zeros: a zero is a plausible weight (and exactly what a
-vocab padding row must hold), so an entry the loader never wrote must be impossible to mistake
-for one it did.  Loaders raise ``ValueError`` on a checkpoint tensor of the wrong shape instead of
-``assert``-ing, so the check survives ``python -O``.
-
-FP8 (docs/runtime-layout.md, "FP8 quantisation"): a linear layer built with a ``quant`` holds its
-weight in ``float8_e4m3fn`` with the same layout, plus its scales as parameters of their own, each
-with its own ``weight_loader`` as vLLM's ``PerTensorScaleParameter`` / ``BlockQuantScaleParameter``
-do.  Every linear layer describes the checkpoint pieces it holds (``row_pieces``: which rows of
-which checkpoint shard land where; ``col_piece``: which columns), and the scale loaders, the
-block-cover rule, dequantisation and post-processing are all written once on top of that.
+Quantisation (docs/runtime-layout.md, "FP8 quantisation"): a linear layer holds its geometry and
+its weight's own ``weight_loader``; everything that depends on the checkpoint's format (the
+weight's dtype, the scale parameters and their loaders, dequantisation, post-processing) is its
+``quant_method``'s (``quant.py``), picked from the layer's ``Quant`` as vLLM's layers ask their
+quant config.  Every linear layer describes the checkpoint pieces it holds (``row_pieces``: which
+rows of which checkpoint shard land where; ``col_piece``: which columns), and the methods are
+written once on top of that.
 """
 
 from __future__ import annotations
@@ -25,18 +23,23 @@ import torch
 from torch import nn
 
 from weightcheck.arch import Placement, Quant
+from weightcheck.reference_models.reference_loader.parameters import (
+    check_shape,
+    divide,
+    new_parameter,
+)
+from weightcheck.reference_models.reference_loader.quant import (
+    LinearMethod,
+    UnquantizedLinearMethod,
+    get_quant_method,
+)
+
+# Re-exported: the FP8 mutants (reference_models/mutants.py) import these from here, where
+# they were defined before quant.py / parameters.py took them.
+from weightcheck.reference_models.reference_loader.parameters import ceil_div as ceil_div
+from weightcheck.reference_models.reference_loader.quant import block_cover as block_cover
 
 VOCAB_PADDING = 64
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
-SCALE_DTYPE = torch.float32
-
-
-def divide(numerator: int, denominator: int, what: str) -> int:
-    """Exact division; a TP size that does not divide a dimension is a build error, not a floor."""
-    if denominator <= 0 or numerator % denominator:
-        raise ValueError(f"{what}: {numerator} is not divisible by {denominator}")
-    return numerator // denominator
 
 
 def pad_vocab(vocab_size: int, tp_size: int = 1) -> int:
@@ -45,34 +48,6 @@ def pad_vocab(vocab_size: int, tp_size: int = 1) -> int:
     while step % tp_size:
         step += VOCAB_PADDING
     return -(-vocab_size // step) * step
-
-
-def new_parameter(
-    shape: Sequence[int],
-    dtype: torch.dtype,
-    device: str | torch.device,
-    weight_loader,
-    shard_ids: tuple[Hashable, ...] | None = None,
-) -> nn.Parameter:
-    """An uninitialised parameter, NaN-filled so that a tensor never loaded stays visible.
-
-    ``shard_ids`` names the checkpoint pieces a fused parameter is built from; the tracker in
-    ``tracking.py`` counts the parameter as loaded only once all of them have arrived.
-    """
-    data = torch.empty(tuple(shape), dtype=dtype, device=device)
-    if data.is_floating_point():
-        data.fill_(float("nan"))
-    param = nn.Parameter(data, requires_grad=False)
-    param.weight_loader = weight_loader
-    param.shard_ids = shard_ids
-    return param
-
-
-def check_shape(loaded: torch.Tensor, expected: Sequence[int], what: str) -> None:
-    if tuple(loaded.shape) != tuple(expected):
-        raise ValueError(
-            f"{what}: checkpoint tensor has shape {tuple(loaded.shape)}, expected {tuple(expected)}"
-        )
 
 
 @torch.no_grad()
@@ -84,30 +59,6 @@ def default_weight_loader(
         raise ValueError(f"a replicated parameter has no shard {loaded_shard_id!r}")
     check_shape(loaded_weight, param.shape, "replicated parameter")
     param.data.copy_(loaded_weight)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def block_cover(start: int, size: int, block: int) -> tuple[int, int]:
-    """(first block, number of blocks) of the blocks of ``block`` that cover ``[start, start+size)``.
-
-    A piece cut through a block by the TP split still needs that whole block's scale, so two ranks
-    may both hold it (docs/runtime-layout.md, the block-cover rule).
-    """
-    first = start // block
-    return first, ceil_div(start + size, block) - first
-
-
-def block_expand(scales: torch.Tensor, block: Sequence[int], rows: tuple[int, int], cols: tuple[int, int]):
-    """The per-element scales of weight rows ``[a, a+n)`` and columns ``[c, c+k)`` of a checkpoint
-    weight, from the covering scale blocks ``scales`` (whose first block is ``a // bn``, ``c // bk``)."""
-    bn, bk = block
-    (a, n), (c, k) = rows, cols
-    full = scales.repeat_interleave(bn, 0).repeat_interleave(bk, 1)
-    r0, c0 = a - (a // bn) * bn, c - (c // bk) * bk
-    return full[r0 : r0 + n, c0 : c0 + k]
 
 
 class RowPiece(NamedTuple):
@@ -151,15 +102,19 @@ class _TPLayer(nn.Module):
 
 
 class LinearBase(_TPLayer):
-    """What every linear layer shares: the weight (FP8 or not), its scales, dequantisation.
+    """What every linear layer shares: its geometry, and a quant method that holds the rest.
 
     Subclasses set their sizes, then call ``create_weights``; they describe their checkpoint
     pieces with ``row_pieces()`` / ``col_piece()`` and load the weight with ``weight_loader``.
     ``quant`` is None for a layer whose checkpoint modules are not quantised (ignored ones too).
     """
 
-    quant: Quant | None = None
+    quant_method: LinearMethod = UnquantizedLinearMethod()
     shard_order: tuple[Hashable, ...] = (None,)
+
+    @property
+    def quant(self) -> Quant | None:
+        return self.quant_method.quant
 
     def row_pieces(self) -> list[RowPiece]:
         raise NotImplementedError
@@ -177,29 +132,12 @@ class LinearBase(_TPLayer):
         self, rows: int, cols: int, shard_ids, bias: bool, quant: Quant | None,
         weight_loader=None, bias_rows: int | None = None, bias_loader=None, bias_shard_ids=None,
     ) -> None:
-        self.quant = quant
+        """The weight and its scales (the quant method's), then the bias (never quantised)."""
+        self.quant_method = get_quant_method(quant)
         self.shard_order = tuple(shard_ids) if shard_ids else (None,)
-        self.weight = new_parameter(
-            (rows, cols), FP8 if quant is not None else self.dtype, self.device,
-            weight_loader or self.weight_loader, shard_ids,
+        self.quant_method.create_weights(
+            self, rows, cols, shard_ids, weight_loader or self.weight_loader
         )
-        if quant is not None and quant.method == "fp8_per_tensor":
-            shape = (len(self.shard_order),)
-            self.weight_scale = new_parameter(
-                shape, SCALE_DTYPE, self.device, self.weight_scale_loader, shard_ids
-            )
-            if quant.activation_scheme == "static":
-                self.input_scale = new_parameter(
-                    shape, SCALE_DTYPE, self.device, self.input_scale_loader, shard_ids
-                )
-        elif quant is not None:
-            bn, bk = quant.block
-            block_rows = sum(block_cover(p.start, p.size, bn)[1] for p in self.row_pieces())
-            col = self.col_piece()
-            self.weight_scale_inv = new_parameter(
-                (block_rows, block_cover(col.start, col.size, bk)[1]), SCALE_DTYPE, self.device,
-                self.block_scale_loader, shard_ids,
-            )
         if bias:
             self.bias = new_parameter(
                 (rows if bias_rows is None else bias_rows,), self.dtype, self.device,
@@ -209,104 +147,22 @@ class LinearBase(_TPLayer):
         else:
             self.bias = None
 
-    # -- scale loaders (PerTensorScaleParameter / BlockQuantScaleParameter) ------------------
-
-    def _scale_index(self, shard_id) -> int:
-        if shard_id not in self.shard_order:
-            raise ValueError(f"{type(self).__name__} has no scale for shard {shard_id!r}")
-        return self.shard_order.index(shard_id)
-
-    @torch.no_grad()
-    def weight_scale_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
-        """A per-tensor scale ``[]``: not sharded, it lands in its shard's entry on every rank."""
-        if loaded_weight.numel() != 1:
-            raise ValueError(
-                f"per-tensor scale: checkpoint tensor has shape {tuple(loaded_weight.shape)}, "
-                "expected []"
-            )
-        param.data[self._scale_index(loaded_shard_id)].copy_(loaded_weight.reshape(()))
-
-    input_scale_loader = weight_scale_loader
-
-    @torch.no_grad()
-    def block_scale_loader(self, param, loaded_weight, loaded_shard_id=None) -> None:
-        """``weight_scale_inv`` ``[ceil(N/bn), ceil(K/bk)]``: this rank keeps the blocks that
-        cover its piece of the weight, stacked in shard order."""
-        bn, bk = self.quant.block
-        col = self.col_piece()
-        offset = 0
-        for piece in self.row_pieces():
-            r0, nr = block_cover(piece.start, piece.size, bn)
-            if piece.shard == loaded_shard_id:
-                check_shape(
-                    loaded_weight, (ceil_div(piece.full, bn), ceil_div(col.full, bk)),
-                    f"block scale of shard {loaded_shard_id!r}",
-                )
-                c0, nc = block_cover(col.start, col.size, bk)
-                param.data.narrow(0, offset, nr).copy_(loaded_weight[r0 : r0 + nr, c0 : c0 + nc])
-                return
-            offset += nr
-        raise ValueError(f"{type(self).__name__} has no block scale for shard {loaded_shard_id!r}")
-
-    # -- inference-side views ----------------------------------------------------------------
+    # -- inference-side views (the quant method's) --------------------------------------------
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
         """This rank's weight in the model dtype (FP8 dequantised as the doc defines it)."""
-        weight = self.weight.data
-        if self.quant is None:
-            return weight.to(self.dtype)
-        out = weight.float()
-        if self.quant.method == "fp8_per_tensor":
-            scale = self.weight_scale.data.float().reshape(-1)
-            if scale.numel() == 1:  # one scale for all (after process_weights_after_loading)
-                out = out * scale[0]
-            else:
-                for piece in self.row_pieces():
-                    rows = slice(piece.offset, piece.offset + piece.size)
-                    out[rows] = out[rows] * scale[self._scale_index(piece.shard)]
-            return out.to(self.dtype)
-        col = self.col_piece()
-        bn, _ = self.quant.block
-        offset = 0
-        for piece in self.row_pieces():
-            _, nr = block_cover(piece.start, piece.size, bn)
-            scales = self.weight_scale_inv.data[offset : offset + nr].float()
-            rows = slice(piece.offset, piece.offset + piece.size)
-            out[rows] = out[rows] * block_expand(
-                scales, self.quant.block, (piece.start, piece.size), (col.start, col.size)
-            )
-            offset += nr
-        return out.to(self.dtype)
+        return self.quant_method.dequantized_weight(self)
 
     @torch.no_grad()
     def forward_float(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T (+ bias)`` in float32 from the dequantised weight; ``x`` is ``[B, K_local]``."""
-        weight = self.dequantized_weight().float().to(x.device)
-        out = x.float() @ weight.t()
-        bias = getattr(self, "bias", None)
-        if bias is not None:
-            out = out + bias.data.float().to(x.device)
-        return out
+        return self.quant_method.apply(self, x, getattr(self, "bias", None))
 
     @torch.no_grad()
     def process_weights_after_loading(self) -> None:
-        """vLLM's FP8 post-processing: a fused per-tensor layer is requantised to the max of its
-        shard scales and keeps one scale (and one input scale); everything else stays as is."""
-        if self.quant is None or self.quant.method != "fp8_per_tensor":
-            return
-        if len(self.shard_order) < 2 or self.weight_scale.numel() == 1:
-            return
-        scales = self.weight_scale.data.float()
-        max_scale = scales.max()
-        weight = self.weight.data
-        for piece in self.row_pieces():
-            rows = slice(piece.offset, piece.offset + piece.size)
-            dq = weight[rows].float() * scales[self._scale_index(piece.shard)]
-            weight[rows] = (dq / max_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        self.weight_scale = nn.Parameter(max_scale.clone(), requires_grad=False)
-        if getattr(self, "input_scale", None) is not None:
-            self.input_scale = nn.Parameter(self.input_scale.data.max().clone(), requires_grad=False)
+        """The quant method's post-processing (FP8 per-tensor fused layers: one scale)."""
+        self.quant_method.process_weights_after_loading(self)
 
 
 class ColumnParallelLinear(LinearBase):

@@ -10,31 +10,21 @@ expert_id, return_success=False)`` whose ``shard_id`` and GLOBAL ``expert_id`` a
 as vLLM's ``FusedMoE.weight_loader`` must be called (seed PR #42716: a wrapper that passed them
 positionally dropped them).  A non-local expert writes nothing and reports ``False``.
 
-FP8 (``quant``): the weights are ``float8_e4m3fn`` and the scales are parameters of their own,
-each with a loader of the same keyword-only signature: per-tensor ``w13_weight_scale``
-``[E_local, 2]`` (gate, up), ``w2_weight_scale`` ``[E_local]``, static ``w13_input_scale`` /
-``w2_input_scale`` ``[E_local]`` (gate's and up's input scales are equal: either writes the slot,
-tracking waits for both); block ``w13_weight_scale_inv`` / ``w2_weight_scale_inv`` by block cover.
+Quantisation (``quant``): the layer keeps the expert geometry (local experts, the expert map,
+the TP split of the intermediate size) and the weights' own loader; the weights' dtype, the
+scale parameters (each with a loader of the same keyword-only signature), dequantisation and
+post-processing are its ``quant_method``'s (``quant.py``: ``Fp8PerTensorMoEMethod``,
+``Fp8BlockMoEMethod``), as vLLM's ``FusedMoE`` delegates to its ``FusedMoEMethodBase``.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from weightcheck.arch import EXPERT_PLACEMENTS, Placement, Quant
-from weightcheck.reference_models.reference_loader.layers import (
-    FP8,
-    FP8_MAX,
-    SCALE_DTYPE,
-    _TPLayer,
-    block_cover,
-    block_expand,
-    ceil_div,
-    check_shape,
-    divide,
-    new_parameter,
-)
+from weightcheck.reference_models.reference_loader.layers import _TPLayer
+from weightcheck.reference_models.reference_loader.parameters import check_shape, divide
+from weightcheck.reference_models.reference_loader.quant import MoEMethod, get_quant_method
 
 W13_SHARDS = ("w1", "w3")
 W2_SHARDS = ("w2",)
@@ -61,6 +51,9 @@ def local_experts(num_experts: int, ep_size: int, ep_rank: int, placement: str) 
 
 
 class FusedMoE(_TPLayer):
+    w13_shards = W13_SHARDS  # gate, up: the rows of w13 in this order
+    w2_shards = W2_SHARDS
+
     def __init__(
         self, num_experts: int, hidden_size: int, intermediate_size: int,
         placement: Placement, dtype: torch.dtype, *, quant: Quant | None = None,
@@ -81,38 +74,17 @@ class FusedMoE(_TPLayer):
         self.intermediate_size_per_partition = divide(
             intermediate_size, self.moe_tp_size, "expert intermediate size per rank"
         )
-        n_local, ip = len(self.local_expert_ids), self.intermediate_size_per_partition
-        self.quant = quant
+        self.quant_method: MoEMethod = get_quant_method(quant, moe=True)
         w13_ids = tuple((g, s) for g in self.local_expert_ids for s in W13_SHARDS)
         w2_ids = tuple((g, s) for g in self.local_expert_ids for s in W2_SHARDS)
-        weight_dtype = FP8 if quant is not None else dtype
-        self.w13_weight = new_parameter(
-            (n_local, 2 * ip, hidden_size), weight_dtype, self.device, self.weight_loader, w13_ids
+        self.quant_method.create_weights(
+            self, len(self.local_expert_ids), hidden_size, self.intermediate_size_per_partition,
+            w13_ids, w2_ids, self.weight_loader,
         )
-        self.w2_weight = new_parameter(
-            (n_local, hidden_size, ip), weight_dtype, self.device, self.weight_loader, w2_ids
-        )
-        if quant is not None and quant.method == "fp8_per_tensor":
-            self.w13_weight_scale = self._scale((n_local, 2), self.scale_loader, w13_ids)
-            self.w2_weight_scale = self._scale((n_local,), self.scale_loader, w2_ids)
-            if quant.activation_scheme == "static":
-                self.w13_input_scale = self._scale((n_local,), self.input_scale_loader, w13_ids)
-                self.w2_input_scale = self._scale((n_local,), self.input_scale_loader, w2_ids)
-        elif quant is not None:
-            bn, bk = quant.block
-            start = self.moe_tp_rank * ip
-            inter_blocks = block_cover(start, ip, bn)[1]  # gate's (= up's) covering rows
-            self.w13_weight_scale_inv = self._scale(
-                (n_local, 2 * inter_blocks, ceil_div(hidden_size, bk)), self.block_scale_loader,
-                w13_ids,
-            )
-            self.w2_weight_scale_inv = self._scale(
-                (n_local, ceil_div(hidden_size, bn), block_cover(start, ip, bk)[1]),
-                self.block_scale_loader, w2_ids,
-            )
 
-    def _scale(self, shape, loader, shard_ids) -> nn.Parameter:
-        return new_parameter(shape, SCALE_DTYPE, self.device, loader, shard_ids)
+    @property
+    def quant(self) -> Quant | None:
+        return self.quant_method.quant
 
     def _check_expert(self, weight_name, shard_id, expert_id, allowed) -> int | None:
         """The local slot of GLOBAL ``expert_id`` (None when another ep rank holds it)."""
@@ -133,131 +105,31 @@ class FusedMoE(_TPLayer):
             return W2_SHARDS
         raise ValueError(f"{weight_name}: not a parameter of this MoE layer")
 
-    @torch.no_grad()
-    def scale_loader(
-        self, param, loaded_weight, weight_name, *, shard_id, expert_id, return_success=False
-    ):
-        """A per-tensor weight scale ``[]`` of one GLOBAL expert's gate, up or down."""
-        allowed = self._allowed(
-            param, getattr(self, "w13_weight_scale", None), getattr(self, "w2_weight_scale", None),
-            weight_name,
-        )
-        local = self._check_expert(weight_name, shard_id, expert_id, allowed)
-        if local is None:
-            return False if return_success else None
-        if loaded_weight.numel() != 1:
-            raise ValueError(f"{weight_name}: per-tensor scale has shape {tuple(loaded_weight.shape)}")
-        if shard_id == "w2":
-            param.data[local].copy_(loaded_weight.reshape(()))
-        else:
-            param.data[local, W13_SHARDS.index(shard_id)].copy_(loaded_weight.reshape(()))
-        return True if return_success else None
+    def expert_slot(self, param, pair, weight_name, shard_id, expert_id) -> int | None:
+        """The local slot of GLOBAL ``expert_id`` for a tensor loaded into ``param``, which must be
+        one of ``pair`` (its w13 and w2 parameters); None when another ep rank holds the expert."""
+        allowed = self._allowed(param, *pair, weight_name)
+        return self._check_expert(weight_name, shard_id, expert_id, allowed)
 
-    @torch.no_grad()
-    def input_scale_loader(
-        self, param, loaded_weight, weight_name, *, shard_id, expert_id, return_success=False
-    ):
-        """A static input scale ``[]``: gate's and up's are the same one (w1 and w3 share it)."""
-        allowed = self._allowed(
-            param, getattr(self, "w13_input_scale", None), getattr(self, "w2_input_scale", None),
-            weight_name,
-        )
-        local = self._check_expert(weight_name, shard_id, expert_id, allowed)
-        if local is None:
-            return False if return_success else None
-        if loaded_weight.numel() != 1:
-            raise ValueError(f"{weight_name}: input scale has shape {tuple(loaded_weight.shape)}")
-        param.data[local].copy_(loaded_weight.reshape(()))
-        return True if return_success else None
-
-    @torch.no_grad()
-    def block_scale_loader(
-        self, param, loaded_weight, weight_name, *, shard_id, expert_id, return_success=False
-    ):
-        """``weight_scale_inv`` of one GLOBAL expert's gate, up or down, by block cover."""
-        allowed = self._allowed(
-            param, getattr(self, "w13_weight_scale_inv", None),
-            getattr(self, "w2_weight_scale_inv", None), weight_name,
-        )
-        local = self._check_expert(weight_name, shard_id, expert_id, allowed)
-        if local is None:
-            return False if return_success else None
-        bn, bk = self.quant.block
-        im, h = self.intermediate_size, self.hidden_size
-        size = self.intermediate_size_per_partition
-        start = self.moe_tp_rank * size
-        if shard_id == "w2":
-            check_shape(loaded_weight, (ceil_div(h, bn), ceil_div(im, bk)), f"{weight_name} (w2)")
-            c0, nc = block_cover(start, size, bk)
-            param.data[local].copy_(loaded_weight[:, c0 : c0 + nc])
-        else:
-            check_shape(
-                loaded_weight, (ceil_div(im, bn), ceil_div(h, bk)), f"{weight_name} ({shard_id})"
-            )
-            r0, nr = block_cover(start, size, bn)
-            offset = 0 if shard_id == "w1" else nr
-            param.data[local].narrow(0, offset, nr).copy_(loaded_weight[r0 : r0 + nr])
-        return True if return_success else None
-
-    # -- inference-side views ------------------------------------------------------------------
+    # -- inference-side views (the quant method's) ----------------------------------------------
 
     @torch.no_grad()
     def dequantized_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w13, w2)`` of the local experts in the model dtype, FP8 dequantised."""
-        w13, w2 = self.w13_weight.data, self.w2_weight.data
-        if self.quant is None:
-            return w13.to(self.dtype), w2.to(self.dtype)
-        w13, w2 = w13.float(), w2.float()
-        ip = self.intermediate_size_per_partition
-        if self.quant.method == "fp8_per_tensor":
-            s13 = self.w13_weight_scale.data.float()
-            if s13.dim() == 1:  # one scale per expert after process_weights_after_loading
-                w13 = w13 * s13[:, None, None]
-            else:
-                w13[:, :ip] *= s13[:, 0, None, None]
-                w13[:, ip:] *= s13[:, 1, None, None]
-            w2 = w2 * self.w2_weight_scale.data.float().reshape(-1, 1, 1)
-            return w13.to(self.dtype), w2.to(self.dtype)
-        bn, _ = self.quant.block
-        start = self.moe_tp_rank * ip
-        _, nr = block_cover(start, ip, bn)
-        h = self.hidden_size
-        for j in range(w13.shape[0]):
-            s = self.w13_weight_scale_inv.data[j].float()
-            w13[j, :ip] *= block_expand(s[:nr], self.quant.block, (start, ip), (0, h))
-            w13[j, ip:] *= block_expand(s[nr:], self.quant.block, (start, ip), (0, h))
-            s2 = self.w2_weight_scale_inv.data[j].float()
-            w2[j] *= block_expand(s2, self.quant.block, (0, h), (start, ip))
-        return w13.to(self.dtype), w2.to(self.dtype)
+        return self.quant_method.dequantized_weights(self)
 
     @torch.no_grad()
     def process_weights_after_loading(self) -> None:
-        """vLLM's per-tensor FP8 MoE post-processing: each expert's gate and up requantised to the
-        max of their two scales (one scale per expert), input scales reduced to their max."""
-        if self.quant is None or self.quant.method != "fp8_per_tensor":
-            return
-        if self.w13_weight_scale.dim() == 2:
-            scales = self.w13_weight_scale.data.float()
-            max_scales = scales.max(dim=1).values
-            ip = self.intermediate_size_per_partition
-            w = self.w13_weight.data
-            for j in range(w.shape[0]):
-                for k, rows in enumerate((slice(0, ip), slice(ip, 2 * ip))):
-                    dq = w[j, rows].float() * scales[j, k]
-                    w[j, rows] = (dq / max_scales[j]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-            self.w13_weight_scale = nn.Parameter(max_scales.clone(), requires_grad=False)
-        for name in ("w13_input_scale", "w2_input_scale"):
-            scale = getattr(self, name, None)
-            if scale is not None and scale.dim() > 0:
-                setattr(self, name, nn.Parameter(scale.data.max().clone(), requires_grad=False))
+        """The quant method's post-processing (FP8 per-tensor: one w13 scale per expert)."""
+        self.quant_method.process_weights_after_loading(self)
 
     @torch.no_grad()
     def weight_loader(
         self, param, loaded_weight, weight_name, *, shard_id, expert_id, return_success=False
     ):
         """Load one checkpoint matrix of one GLOBAL expert; ``False`` if it is not held here."""
-        allowed = self._allowed(param, self.w13_weight, self.w2_weight, weight_name)
-        local = self._check_expert(weight_name, shard_id, expert_id, allowed)
+        pair = (self.w13_weight, self.w2_weight)
+        local = self.expert_slot(param, pair, weight_name, shard_id, expert_id)
         if local is None:
             return False if return_success else None
         im, h = self.intermediate_size, self.hidden_size
