@@ -506,3 +506,35 @@ def test_load_calls_load_weights_once_per_file_and_shares_the_shard_record(tmp_p
     for names_of_file in files:
         bare |= model.load_weights((n, t[n]) for n in names_of_file)
     assert a + "qkv_proj.weight" not in bare and a + "o_proj.weight" in bare
+
+
+# --- quant methods (reference_loader/quant.py) -------------------------------------------------
+
+
+def test_every_format_has_its_quant_methods_and_no_layer_branches_on_the_format():
+    """Each format of ``weightcheck.arch`` is one linear and one MoE method; the layers only
+    delegate, so the format's name appears in quant.py alone."""
+    from pathlib import Path
+
+    from weightcheck.arch import QUANT_METHODS
+    from weightcheck.reference_models.reference_loader import quant
+
+    for fmt in (None, *QUANT_METHODS):
+        q = None if fmt is None else Quant(fmt, block=(2, 2) if fmt == "fp8_block" else None)
+        assert isinstance(quant.get_quant_method(q), quant.LinearMethod)
+        assert isinstance(quant.get_quant_method(q, moe=True), quant.MoEMethod)
+    folder = Path(quant.__file__).parent
+    for file in folder.glob("*.py"):
+        if file.name != "quant.py":
+            text = file.read_text()
+            assert ".method ==" not in text and not any(f'"{m}"' in text for m in QUANT_METHODS), file
+
+
+def test_the_quant_methods_scale_loaders_are_bound_to_their_layer():
+    arch = with_(LLAMA, quant=STATIC)
+    model = loader.build(arch, Placement.single(arch))
+    qkv = model.get_submodule("model.layers.0.self_attn.qkv_proj")
+    assert type(qkv.quant_method).__name__ == "Fp8PerTensorLinearMethod" and qkv.quant is STATIC
+    for param in (qkv.weight_scale, qkv.input_scale):
+        param.weight_loader(param, torch.tensor(2.0), "k")
+        assert param.data[1] == 2.0 and param.data[[0, 2]].isnan().all()

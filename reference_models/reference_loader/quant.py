@@ -16,7 +16,7 @@ on the checkpoint's format lives with the layer's ``quant_method``, picked once 
   scale, for a model that dequantises at load (``deepseek_v32``'s indexer ``wk``).
 
 So a new format is one new method class (and its MoE counterpart, if experts come in it) plus
-its entry in ``QUANT_METHODS``; no layer branches on ``quant.method``.
+its entry in ``FORMAT_METHODS``; no layer branches on ``quant.method``.
 
 What a method reads from its layer (docs/runtime-layout.md, "FP8 quantisation"):
 
@@ -472,7 +472,7 @@ class Fp8BlockMoEMethod(MoEMethod):
 
 # format (``Quant.method``; None: not quantised) -> (its linear method, its MoE method or None).
 # A new format is one entry here and its method class(es) above.
-QUANT_METHODS: dict[str | None, tuple[type[LinearMethod], type[MoEMethod] | None]] = {
+FORMAT_METHODS: dict[str | None, tuple[type[LinearMethod], type[MoEMethod] | None]] = {
     None: (UnquantizedLinearMethod, UnquantizedMoEMethod),
     "fp8_per_tensor": (Fp8PerTensorLinearMethod, Fp8PerTensorMoEMethod),
     "fp8_block": (Fp8BlockLinearMethod, Fp8BlockMoEMethod),
@@ -483,10 +483,10 @@ def get_quant_method(quant: Quant | None, *, moe: bool = False) -> QuantMethod:
     """The method a layer built with ``quant`` delegates its format to: a ``LinearMethod``, or
     with ``moe=True`` a ``MoEMethod`` (vLLM's ``QuantizationConfig.get_quant_method``)."""
     fmt = None if quant is None else quant.method
-    if fmt not in QUANT_METHODS:
-        known = sorted(map(str, QUANT_METHODS))
+    if fmt not in FORMAT_METHODS:
+        known = sorted(map(str, FORMAT_METHODS))
         raise ValueError(f"no quant method for format {fmt!r}; known: {known}")
-    linear, experts = QUANT_METHODS[fmt]
+    linear, experts = FORMAT_METHODS[fmt]
     if moe and experts is None:
         raise ValueError(f"format {fmt!r} has no MoE method: its experts cannot be quantised")
     return (experts if moe else linear)(quant)
