@@ -156,9 +156,13 @@ def kill_search(
             }
             outcome.tests.append(test)
             outcome.total_examples += result.examples
-            if not result.failed:
+            unjudged = target == REFERENCE and result.skipped and not result.skipped.startswith("not applicable")
+            if not result.failed and not unjudged:
                 continue
-            failure = result.failure
+            if unjudged:  # the control judges every property it supports: a skip is a failure
+                failure = AssertionError(f"the reference loader was not judged: {result.skipped}")
+            else:
+                failure = result.failure
             text = str(failure) if isinstance(failure, PropertyFailure) else f"{type(failure).__name__}: {failure}"
             outcome.failures.append({**test, "error_type": type(failure).__name__, "message": text[:MESSAGE_CHARS]})
             if not outcome.killed:

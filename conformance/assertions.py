@@ -7,13 +7,30 @@ the same, so there is no rounding anywhere).  A failure names the runtime parame
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, NoReturn
+import contextlib
+from contextvars import ContextVar
+from typing import Iterable, Iterator, Mapping, NoReturn
 
 import torch
 
 from weightcheck.reference_models.oracle import Expected, ExpectedParam, Piece
 
-MAX_REPORTED = 8
+MAX_REPORTED = 5  # problems shown by default; every one under -vv (``full_report``)
+_FULL: ContextVar[bool] = ContextVar("weightcheck_full_report", default=False)
+
+
+@contextlib.contextmanager
+def full_report(on: bool) -> Iterator[None]:
+    """Show every problem and the case as JSON in failure messages inside the block (-vv)."""
+    token = _FULL.set(on)
+    try:
+        yield
+    finally:
+        _FULL.reset(token)
+
+
+def detailed() -> bool:
+    return _FULL.get()
 
 
 class PropertyFailure(AssertionError):
@@ -63,16 +80,66 @@ def describe_source(piece: Piece, shapes: Mapping[str, tuple[int, ...]]) -> str:
     return text + (" transposed" if src.transpose else "")
 
 
-def _hint(actual: torch.Tensor, expected: torch.Tensor) -> str:
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _as_bits(x: torch.Tensor) -> torch.Tensor:
+    """The tensor as integers of its element size: bit-exact ``==`` for any dtype (FP8 too)."""
+    return x.contiguous().view(_INT_OF_SIZE[x.element_size()])
+
+
+def _window(view: torch.Tensor, got: torch.Tensor) -> tuple[slice, ...] | None:
+    """The slices of ``view`` whose bits are exactly ``got`` (same rank), or None."""
+    if view.dim() != got.dim() or any(g > v for g, v in zip(got.shape, view.shape)):
+        return None
+    bits, want = _as_bits(view), _as_bits(got)
+    first = want.reshape(-1)[0]
+    for start in (bits == first).nonzero().tolist():
+        window = tuple(slice(a, a + n) for a, n in zip(start, got.shape))
+        if all(w.stop <= n for w, n in zip(window, view.shape)) and torch.equal(bits[window], want):
+            return window
+    return None
+
+
+def holds_instead(got: torch.Tensor, tensors: Mapping[str, torch.Tensor] | None) -> str | None:
+    """``holds NAME[a:b, :]`` when ``got`` is exactly a slice of a checkpoint tensor (k's rows
+    holding v's, q_norm holding k_norm, an expert holding its neighbour's), possibly of its
+    transpose or of one expert of a fused 3-D tensor; None when it is none of them."""
+    if not tensors or got.numel() == 0 or got.dim() > 2:
+        return None
+    got = got.detach().cpu()
+    for name, tensor in tensors.items():
+        if tensor.dtype != got.dtype or tensor.numel() < got.numel():
+            continue
+        views = [(tensor, "", "")]
+        if tensor.dim() == 2:
+            views.append((tensor.t(), "", " transposed"))
+        if tensor.dim() == 3:
+            views += [(tensor[e], f"{e}, ", "") for e in range(tensor.shape[0])]
+        for view, prefix, suffix in views:
+            window = _window(view, got)
+            if window is not None:
+                text = ", ".join(_fmt_slice(w, n) for w, n in zip(window, view.shape))
+                return f"it holds {name}[{prefix}{text}]{suffix}"
+    return None
+
+
+def _hint(actual: torch.Tensor, expected: torch.Tensor, tensors=None) -> str:
     """A guess at what went wrong, from what the region holds instead."""
     if expected.dtype == torch.float8_e4m3fn:  # few ops exist for FP8: compare its values
-        actual, expected = actual.float(), expected.float()
-    if actual.is_floating_point() and torch.isnan(actual).all():
+        actual_f, expected_f = actual.float(), expected.float()
+    else:
+        actual_f, expected_f = actual, expected
+    if actual_f.is_floating_point() and torch.isnan(actual_f).all():
         return "it holds only NaN (never written?)"
-    if not actual.any():
+    if not actual_f.any():
         return "it holds zeros"
     if actual.dim() == 2 and actual.shape[0] == actual.shape[1] and same_bits(actual.t(), expected):
         return "it holds the transpose"
+    elsewhere = holds_instead(actual, tensors)
+    if elsewhere:
+        return elsewhere
+    actual, expected = actual_f, expected_f
     diff = (actual != expected).nonzero()
     if not len(diff):
         return "the values compare equal but their bits differ (signed zeros or NaN payloads)"
@@ -100,7 +167,11 @@ def _bytes(x: torch.Tensor) -> torch.Tensor:
 
 
 def param_mismatches(
-    name: str, actual: torch.Tensor, exp: ExpectedParam, shapes: Mapping[str, tuple[int, ...]]
+    name: str,
+    actual: torch.Tensor,
+    exp: ExpectedParam,
+    shapes: Mapping[str, tuple[int, ...]],
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> list[str]:
     actual = actual.detach()
     if actual.device.type != "cpu":
@@ -123,7 +194,7 @@ def param_mismatches(
         got, want = actual[piece.dst], exp.value[piece.dst]
         if same_bits(got, want):
             continue
-        hint = _hint(got, want)
+        hint = _hint(got, want, tensors)
         out.append(
             f"{describe_region(piece.dst, shape)} of {name} ({piece.label}) should be "
             f"{describe_source(piece, shapes)}" + (f"; {hint}" if hint else "")
@@ -136,25 +207,37 @@ def state_mismatches(
     expected: Expected,
     shapes: Mapping[str, tuple[int, ...]],
     only: Iterable[str] | None = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> list[str]:
+    """Every difference between ``state`` and the oracle's, most telling first.
+
+    ``tensors`` (the checkpoint's values) let a message say which other tensor a wrong region
+    holds; searched only for the problems a report shows.
+    """
     names = set(expected.params) if only is None else set(only)
     problems = []
     missing = sorted(names - set(state))
     if missing:
         problems.append(f"runtime parameters missing from state(): {missing}")
     if only is None:
-        extra = sorted(set(state) - set(expected.params))
-        if extra:
-            problems.append(f"runtime parameters that should not exist on this rank: {extra}")
+        for name in sorted(set(state) - set(expected.params)):
+            value = state[name].detach().cpu() if hasattr(state[name], "detach") else state[name]
+            held = holds_instead(value, tensors) if hasattr(value, "dim") else None
+            problems.append(
+                f"{name} should not exist on this rank (a parameter of its own); "
+                + (held or "it holds none of the checkpoint's tensors")
+            )
     for name in sorted(names & set(state)):
-        problems += param_mismatches(name, state[name], expected.params[name], shapes)
+        hinted = tensors if len(problems) < MAX_REPORTED else None
+        problems += param_mismatches(name, state[name], expected.params[name], shapes, hinted)
     return problems
 
 
 def fail(title: str, problems: list[str], context: str) -> NoReturn:
-    shown = problems[:MAX_REPORTED]
+    __tracebackhide__ = True
+    shown = problems if detailed() else problems[:MAX_REPORTED]
     more = len(problems) - len(shown)
     body = "\n".join(f"  - {p}" for p in shown)
     if more:
-        body += f"\n  ... and {more} more"
+        body += f"\n  ... and {more} more (all of them with -vv)"
     raise PropertyFailure(f"{title}\n{body}\n{context}")

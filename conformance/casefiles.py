@@ -53,6 +53,9 @@ REPRODUCE = '''\
 
 Builds the model for the placement below with your loader, loads ./checkpoint, and compares
 state(model) with expected_state.safetensors (what this rank must hold, from the oracle).
+Exits 1 when anything differs (usable with `git bisect run`), 0 when all matches.  For a case
+with a dropped tensor, the parameters that need it (``dependents`` in case.json) must either
+make ``load`` raise naming one of them, or be left out of the loaded set.
 Case: {short}
 Property that failed: {prop}{detail}
 """
@@ -60,6 +63,7 @@ Property that failed: {prop}{detail}
 import argparse
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -77,14 +81,26 @@ def main():
     module, _, attr = args.loader.partition(":")
     mod = importlib.import_module(module)
     loader = getattr(mod, attr) if attr else getattr(mod, "loader", mod)
-    case = json.loads((HERE / "case.json").read_text())["case"]
+    body = json.loads((HERE / "case.json").read_text())
+    case, dependents = body["case"], set(body.get("dependents", ()))
     arch, placement = Arch.from_dict(case["arch"]), Placement.from_dict(case["placement"])
     model = loader.build(arch, placement)
-    loaded = loader.load(model, Checkpoint.open(HERE / "checkpoint"))
+    try:
+        loaded = loader.load(model, Checkpoint.open(HERE / "checkpoint"))
+    except Exception as exc:
+        named = dependents | {{body.get("extras", {{}}).get("dropped")}}
+        if dependents and any(n and n in f"{{exc}}" for n in named):
+            print(f"load raised, naming what is missing: {{type(exc).__name__}}: {{exc}}")
+            print("OK")
+            return 0
+        print(f"RAISED   {{type(exc).__name__}}: {{exc}}")
+        return 1
     state = loader.state(model) if hasattr(loader, "state") else dict(model.named_parameters())
     expected = load_file(str(HERE / "expected_state.safetensors"))
     bad = 0
     for name, want in expected.items():
+        if name in dependents:
+            continue  # never initialised: the checkpoint lacks what it needs
         got = state.get(name)
         if got is None:
             print(f"MISSING  {{name}}")
@@ -98,12 +114,22 @@ def main():
     for name in sorted(set(state) - set(expected)):
         print(f"EXTRA    {{name}}")
         bad += 1
-    print(f"loaded set: {{'none (no tracking)' if loaded is None else sorted(set(expected) ^ set(loaded)) or 'exact'}}")
+    if loaded is None:
+        print("loaded set: none (no tracking)")
+        if dependents:
+            print(f"UNNOTICED {{sorted(dependents)}} were not initialised and nothing says so")
+            bad += 1
+    elif set(loaded) != set(expected) - dependents:
+        print(f"LOADED   set differs: {{sorted((set(expected) - dependents) ^ set(loaded))}}")
+        bad += 1
+    else:
+        print("loaded set: exact")
     print("OK" if not bad else f"{{bad}} problem(s)")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 '''
 
 
@@ -128,6 +154,8 @@ def export_case(case_file: str | Path, out_dir: str | Path) -> Path:
     write_case(case, out / "checkpoint", recipe, tensors)
     expected = expected_state(case.arch, case.placement, tensors, recipe.format)
     save_file({n: p.value.contiguous() for n, p in expected.params.items()}, str(out / "expected_state.safetensors"))
+    if example.property == "missing_tensor" and dropped:
+        body = {**body, "dependents": sorted(expected.dependents(dropped))}
     (out / "case.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     detail = f"\nDropped tensor: {dropped}" if dropped else ""
     (out / "reproduce.py").write_text(
@@ -140,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m weightcheck.conformance.casefiles",
+        prog="python -m weightcheck export",
         description="Export a weightcheck case file as a plain checkpoint directory with a script.",
     )
     parser.add_argument("case_file")

@@ -4,6 +4,8 @@ Regression cases (the bundled corpus, ``--regressions``, or the one ``--replay``
 parametrised into ``test_regressions.py`` and run first; every conformance test gets a stable,
 path-free id (``PROPERTY[FAMILY]``, ``regression[CASE]/PROPERTY``) for ``--expect-fail``,
 which marks the listed tests as strict expected failures.
+
+(PYTEST_DONT_REWRITE: the plugin's modules import each other; nothing here asserts.)
 """
 
 from __future__ import annotations

@@ -1,23 +1,52 @@
 """What the conformance tests get from the ``weightcheck`` fixture: the loader, drawing and
 running examples within its capabilities, counts of what was exercised, and the last example
-(written to a case file when the test fails)."""
+(written to a case file when the test fails).
+
+Two things keep a broken loader's run short and its report readable:
+
+- **a shrink budget per test**: once a test has failed, Hypothesis shrinks the example; after
+  ``shrink_budget`` seconds of that, every new candidate is rejected unless it is the failing
+  example itself (Hypothesis's final replay), so shrinking stops at the smallest example found
+  by then (a note in the report says so);
+- **an adapter error is reported once**: a loader that breaks the protocol (``load`` returning a
+  list, say) fails the first test that meets it; the other tests are skipped, pointing there.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import pytest
-from hypothesis import currently_in_test_context, event
+from hypothesis import currently_in_test_context, event, reject
 from hypothesis import strategies as st
 
 from weightcheck.fixtures.case import Case
 
+from .assertions import full_report
 from .properties import NotSupported, property_named
-from .protocol import LoaderAdapter
+from .protocol import AdapterError, LoaderAdapter
 from .runner import Example, draw_example, run_example, unsupported
 from .session import EXERCISED
 from .timing import Clock, measuring
+
+DEFAULT_SHRINK_BUDGET = 10.0  # seconds of shrinking per failing test (--shrink-budget)
+
+
+def _key(example: Example) -> str:
+    return json.dumps(example.to_dict(), sort_keys=True)
+
+
+@dataclass
+class Failing:
+    """The test's failure so far: when it first failed, and every example that failed (one of
+    them is the example Hypothesis reports and replays last)."""
+
+    since: float
+    examples: set[str] = field(default_factory=set)
+    budget_spent: bool = False
 
 
 @dataclass
@@ -27,17 +56,27 @@ class Harness:
 
     loader: LoaderAdapter
     clock: Clock | None = None
+    shrink_budget: float | None = DEFAULT_SHRINK_BUDGET
+    verbose: int = 0  # pytest's -v count: -vv shows every problem and the case as JSON
     counts: dict[str, Counter] = field(default_factory=dict)
     last_example: dict[str, Example] = field(default_factory=dict)
+    failing: dict[str, Failing] = field(default_factory=dict)
+    adapter_error: tuple[str, str] | None = None  # (test that met it, message)
     current: str = ""
+
+    def __repr__(self) -> str:  # Hypothesis prints the fixture in every falsifying example
+        return f"<weightcheck harness for {self.loader.spec}>"
 
     def check(self, prop: str, data: st.DataObject, family: str, device: str = "cpu") -> None:
         """Draw one example of ``prop`` for ``family`` and run it against the loader."""
+        __tracebackhide__ = True
+        self._skip_after_adapter_error()
         reason = property_named(prop).skip_reason(family, self.loader)
         if reason:
             pytest.skip(reason)
-        with measuring(self.clock):
+        with measuring(self.clock), full_report(self.verbose >= 2):
             example = draw_example(data, prop, family, self.loader.capabilities, device)
+            self._within_budget(example)
             self.record(example.case)
             self.last_example[self.current] = example
             self.run(example)
@@ -46,8 +85,10 @@ class Harness:
         self, check, data: st.DataObject, family: str, methods: tuple[str, ...], device: str = "cuda"
     ) -> None:
         """Draw an FP8 case on ``device`` and run one of ``device_checks`` on it."""
+        __tracebackhide__ = True
         from weightcheck.strategies.cases import fp8_cases
 
+        self._skip_after_adapter_error()
         caps = self.loader.capabilities
         supported = tuple(m for m in methods if caps.supports(m))
         reason = property_named("roundtrip").skip_reason(family, self.loader)
@@ -57,21 +98,25 @@ class Harness:
             reason = f"not supported by the loader: {', '.join(methods)}"
         if reason:
             pytest.skip(reason)
-        with measuring(self.clock):
+        with measuring(self.clock), full_report(self.verbose >= 2):
             case = data.draw(fp8_cases(family, caps, supported), label="case")
             case = replace(case, placement=replace(case.placement, device=device))
+            example = Example(check.__name__, case)
+            self._within_budget(example)
             self.record(case)
-            self.last_example[self.current] = Example(check.__name__, case)
+            self.last_example[self.current] = example
             try:
-                check(self.loader, case)
+                self._failing_on_error(example, check, self.loader, case)
             except NotSupported as why:
                 pytest.skip(f"not supported by the loader: {why}")
             self.counts[self.current][EXERCISED] += 1
 
     def replay(self, path, prop: str) -> None:
         """Run one property on the case of a case file (its own draws if it is that property's)."""
+        __tracebackhide__ = True
         from .casefiles import read_case_file
 
+        self._skip_after_adapter_error()
         example, _ = read_case_file(path)
         missing = unsupported(example.case, self.loader.capabilities)
         if missing:
@@ -83,18 +128,59 @@ class Harness:
         if reason:
             pytest.skip(reason)
         extras = example.extras if example.property == prop else {}
+        replayed = Example(prop, example.case, extras)
         self.record(example.case)
-        self.run(Example(prop, example.case, extras))
+        self.last_example[self.current] = replayed
+        with full_report(self.verbose >= 2):
+            self.run(replayed)
 
     def run(self, example: Example) -> None:
+        __tracebackhide__ = True
         try:
-            outcome = run_example(self.loader, example)
+            outcome = self._failing_on_error(example, run_example, self.loader, example)
         except NotSupported as why:
             pytest.skip(f"not supported by the loader: {why}")
         if outcome.exercised:
             self.counts[self.current][EXERCISED] += 1
         if outcome.note and currently_in_test_context():
             event(f"{example.property}: {outcome.note}")
+
+    def _failing_on_error(self, example: Example, fn, *args):
+        """Run ``fn``; remember a failure (for the shrink budget) and an adapter error."""
+        __tracebackhide__ = True
+        try:
+            return fn(*args)
+        except NotSupported:
+            raise
+        except AdapterError as exc:
+            if self.adapter_error is None:
+                self.adapter_error = (self.current, str(exc))
+            self._remember(example)
+            raise
+        except Exception:
+            self._remember(example)
+            raise
+
+    def _remember(self, example: Example) -> None:
+        failing = self.failing.setdefault(self.current, Failing(time.monotonic()))
+        failing.examples.add(_key(example))
+
+    def _within_budget(self, example: Example) -> None:
+        """Reject a shrink candidate once the test's shrink budget is spent, unless it is the
+        failing example itself (so Hypothesis's final replay runs for real)."""
+        failing = self.failing.get(self.current)
+        if failing is None or self.shrink_budget is None:
+            return
+        if time.monotonic() - failing.since <= self.shrink_budget:
+            return
+        failing.budget_spent = True
+        if _key(example) not in failing.examples:
+            reject()
+
+    def _skip_after_adapter_error(self) -> None:
+        if self.adapter_error is not None and self.adapter_error[0] != self.current:
+            test, message = self.adapter_error
+            pytest.skip(f"adapter error, reported once (in {test}): {message}")
 
     def record(self, case: Case) -> None:
         """Count the example's features (and tell Hypothesis's statistics, inside a test)."""

@@ -4,6 +4,8 @@ profile and seed, and the report header.
 A bad ``--loader``, profile, case file or expectations file is a usage error (exit 4, one
 ``ERROR:`` line) before anything is collected.  Heavy modules (torch, the strategies) are
 imported only once the suite is really in use.
+
+(PYTEST_DONT_REWRITE: the plugin's modules import each other; nothing here asserts.)
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import pytest
 from weightcheck.capabilities import FEATURES, LoaderSpecError
 from weightcheck.families import FAMILY_NAMES
 
-from .collection import targets_suite
+from .collection import PYARGS_NAMES, targets_suite
 from .protocol import resolve_loader
 from .session import (
+    SUITE_DIR,
     HARNESS_KEY,
     RUN_KEY,
     RunOptions,
@@ -60,10 +63,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--expect-fail",
         metavar="FILE",
+        action="append",
+        default=[],
         help="known failures, one 'ID: reason' a line (ID: PROPERTY, PROPERTY[FAMILY], "
-        "regression[CASE][/PROPERTY]); a listed test that passes fails the run",
+        "regression[CASE][/PROPERTY]); a listed test that passes fails the run (repeatable; "
+        "added to the adapter's own, see --no-adapter-defaults)",
     )
     group.addoption("--report-json", metavar="FILE", help="write a JSON report (versioned schema)")
+    group.addoption(
+        "--shrink-budget",
+        metavar="SECONDS",
+        type=float,
+        help="seconds of shrinking per failing test before the smallest example found so far is "
+        "reported (default 10; 'inf': shrink fully); a broken loader fails every test, and full "
+        "shrinking of each would take minutes",
+    )
+    group.addoption(
+        "--no-adapter-defaults",
+        action="store_true",
+        help="do not use the loader's own expectations file and regression cases (an adapter "
+        "that ships them declares 'expectations' and 'regressions'); --expect-fail and "
+        "--regressions then replace them instead of adding to them",
+    )
     group.addoption(
         "--weightcheck-gpu-device",
         metavar="DEVICE",
@@ -106,10 +127,33 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("hypothesis_seed", None) is None and _seeded(profile):
         seed = workerinput["weightcheck_seed"] if workerinput else random.getrandbits(32)
         config.option.hypothesis_seed = str(seed)
-    config.stash[RUN_KEY] = _run_options(config)
-    config.stash[HARNESS_KEY] = Harness(adapter)
+    _collect_the_suite(config)
+    run = _run_options(config, adapter)
+    config.stash[RUN_KEY] = run
+    config.stash[HARNESS_KEY] = Harness(
+        adapter, shrink_budget=run.shrink_budget, verbose=config.option.verbose
+    )
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "weightcheck-xdist")
+
+
+def _collect_the_suite(config: pytest.Config) -> None:
+    """``pytest --loader=X`` with no test paths runs the installed suite, whatever the rootdir and
+    ``testpaths`` of the project it is run from; paths that hold no conformance test are a
+    usage error (a run given ``--loader`` that tests nothing must never pass)."""
+    # (xdist workers parse the same command line, so they come to the same arguments)
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args = [str(SUITE_DIR)]
+        return
+    if config.option.pyargs:  # the package names, wherever the suite's files are installed
+        config.args = [str(SUITE_DIR) if a in PYARGS_NAMES else a for a in config.args]
+    if not targets_suite(config):
+        loader = config.getoption("loader")
+        raise pytest.UsageError(
+            f"--loader={loader} was given, but {' '.join(config.args)} holds no weightcheck "
+            f"conformance test: run the suite with `pytest --loader={loader}` (no test paths), "
+            f"or add it to your own tests with `pytest YOUR_TESTS --pyargs weightcheck --loader={loader}`"
+        )
 
 
 def _choose_profile(config: pytest.Config) -> str:
@@ -131,9 +175,10 @@ def _choose_profile(config: pytest.Config) -> str:
     return profile
 
 
-def _run_options(config: pytest.Config) -> RunOptions:
+def _run_options(config: pytest.Config, adapter) -> RunOptions:
     from .casefiles import CaseFileError, read_case_file
     from .expectations import ExpectationsError, parse, validate
+    from .harness import DEFAULT_SHRINK_BUDGET
     from .properties import PROPERTY_NAMES
 
     replay = config.getoption("replay")
@@ -142,18 +187,25 @@ def _run_options(config: pytest.Config) -> RunOptions:
             read_case_file(replay)
         except CaseFileError as exc:
             raise pytest.UsageError(f"--replay: {exc}") from None
+    defaults = None if config.getoption("no_adapter_defaults") else adapter.defaults()
     dirs = [Path(d) for d in config.getoption("regressions")]
     for d in dirs:
         if not d.is_dir():
             raise pytest.UsageError(f"--regressions {d}: not a directory")
+    if defaults and defaults.regressions:
+        dirs = [defaults.regressions, *dirs]
+    files = [Path(f) for f in config.getoption("expect_fail")]
+    if defaults and defaults.expectations:
+        files = [defaults.expectations, *files]
     expectations = []
-    if config.getoption("expect_fail"):
-        try:
-            expectations = parse(config.getoption("expect_fail"))
-            stems = {p.stem for p in regression_files(dirs)}
-            validate(expectations, (*PROPERTY_NAMES, "gpu"), FAMILY_NAMES, stems)
-        except ExpectationsError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    try:
+        for file in files:
+            expectations += parse(file)
+        stems = {p.stem for p in regression_files(dirs)}
+        validate(expectations, (*PROPERTY_NAMES, "gpu"), FAMILY_NAMES, stems)
+    except ExpectationsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    budget = config.getoption("shrink_budget")
     report = config.getoption("report_json")
     return RunOptions(
         out_dir=Path(config.getoption("weightcheck_out")),
@@ -161,6 +213,7 @@ def _run_options(config: pytest.Config) -> RunOptions:
         regressions=dirs,
         expectations=expectations,
         report_json=Path(report) if report else None,
+        shrink_budget=DEFAULT_SHRINK_BUDGET if budget is None else budget,
     )
 
 

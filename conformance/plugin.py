@@ -5,6 +5,8 @@ installing weightcheck never changes another project's test run (and never impor
 there: the heavy modules are imported once the suite is really in use).  Its parts, by concern:
 ``options`` (options, profiles, seeds, the header), ``collection`` (what runs and its ids,
 expected failures), ``reporting`` (case files, replay commands, the matrix, the JSON report).
+
+(PYTEST_DONT_REWRITE: the plugin's modules import each other; nothing here asserts.)
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable
 
 from weightcheck.capabilities import Capabilities, LoaderSpecError
 
@@ -33,6 +34,34 @@ OPTIONAL_HOOKS = (
 )
 
 
+class AdapterError(Exception):
+    """The loader breaks the protocol itself (not a loading bug): e.g. ``load`` returned a list.
+    Reported once, as the adapter's error, never as a property of the engine."""
+
+
+def loaded_names(loaded: Any, where: str = "load()") -> set[str] | None:
+    """What ``load`` returned, as a set of names (None: no tracking); anything else is an
+    ``AdapterError`` that says what was returned instead."""
+    if loaded is None or isinstance(loaded, (set, frozenset)):
+        if loaded is not None and not all(isinstance(n, str) for n in loaded):
+            raise AdapterError(f"{where} must return runtime parameter names (str); got {sorted(map(repr, loaded))[:5]}")
+        return None if loaded is None else set(loaded)
+    if isinstance(loaded, (list, tuple)):
+        seen: set = set()
+        twice = sorted({n for n in loaded if n in seen or seen.add(n)}, key=str)
+        detail = (
+            f"; {twice[0]!r} appears twice in it: was that parameter loaded twice?" if twice else ""
+        )
+        raise AdapterError(
+            f"{where} returned a {type(loaded).__name__}, not a set of runtime parameter names "
+            f"(or None for no tracking){detail}"
+        )
+    raise AdapterError(
+        f"{where} must return a set of runtime parameter names or None, not "
+        f"{type(loaded).__name__}: {loaded!r:.80}"
+    )
+
+
 @dataclass(frozen=True)
 class LoaderAdapter:
     """A validated loader.  ``spec`` is the ``--loader`` text, kept for replay commands."""
@@ -49,15 +78,7 @@ class LoaderAdapter:
         return self.target.build(arch, placement)
 
     def load(self, model, checkpoint) -> set[str] | None:
-        loaded = self.target.load(model, checkpoint)
-        if loaded is None:
-            return None
-        if isinstance(loaded, (str, bytes)) or not isinstance(loaded, Iterable):
-            raise TypeError(
-                f"load() must return a set of runtime parameter names or None, "
-                f"not {type(loaded).__name__}"
-            )
-        return set(loaded)
+        return loaded_names(self.target.load(model, checkpoint))
 
     def state(self, model) -> dict[str, Any]:
         state_fn: Callable | None = getattr(self.target, "state", None)
@@ -65,11 +86,35 @@ class LoaderAdapter:
             return dict(model.named_parameters())
         return dict(state_fn(model))
 
+    def defaults(self) -> "AdapterDefaults":
+        """The expectations file and regression cases the adapter ships (``expectations``,
+        ``regressions`` attributes: paths), used unless ``--no-adapter-defaults``."""
+        return AdapterDefaults(
+            _path(self.target, "expectations", file=True), _path(self.target, "regressions", file=False)
+        )
+
     def hook(self, name: str) -> Callable | None:
         """The loader's optional hook ``name`` (one of ``OPTIONAL_HOOKS``), or None."""
         if name not in OPTIONAL_HOOKS:
             raise ValueError(f"unknown hook {name!r}")
         return getattr(self.target, name, None)
+
+
+@dataclass(frozen=True)
+class AdapterDefaults:
+    expectations: Path | None
+    regressions: Path | None
+
+
+def _path(target: Any, attribute: str, *, file: bool) -> Path | None:
+    value = getattr(target, attribute, None)
+    if value is None:
+        return None
+    path = Path(value)
+    if not (path.is_file() if file else path.is_dir()):
+        kind = "file" if file else "directory"
+        raise LoaderSpecError(f"the loader's {attribute} = {value!r} is not an existing {kind}")
+    return path
 
 
 def resolve_loader(spec: str) -> LoaderAdapter:
@@ -111,4 +156,6 @@ def resolve_loader(spec: str) -> LoaderAdapter:
         if value is not None and not callable(value):
             raise LoaderSpecError(f"--loader={spec!r}: {hook} must be callable")
     caps = Capabilities.coerce(getattr(target, "capabilities", None))
-    return LoaderAdapter(spec=spec, target=target, capabilities=caps)
+    adapter = LoaderAdapter(spec=spec, target=target, capabilities=caps)
+    adapter.defaults()  # a declared expectations file or regressions directory must exist
+    return adapter

@@ -1,9 +1,10 @@
 """The run's conformance matrix (terminal) and ``--report-json`` (versioned schema).
 
 Rows are what the suite can exercise (families and features); for each, how many examples
-used it, and the outcome of the tests that did.  "passed" is only ever shown for something
-that was generated and never for a known failure (``--expect-fail``, "KNOWN FAILURE"); what
-the loader does not support is said as such.
+drew it and how many established it, and the outcome of the tests that did.  "passed" is only
+ever shown for something that value-checking properties ran and passed with, never for a known
+failure (``--expect-fail``, "KNOWN FAILURE"); what the loader does not support, or what its
+capabilities make impossible, is said as such.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from weightcheck.capabilities import Capabilities, FEATURES
 
 from weightcheck.families import FAMILY_NAMES
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+# Observed features beyond the capabilities: (name, what makes it possible, or None: always).
 EXTRA_FEATURES = (
-    "gqa_replicated",
-    "redundant_lm_head",
-    "buffers_in_checkpoint",
-    "shared_expert",
-    "mixed_dense_moe",
+    ("gqa_replicated", "tensor_parallel"),
+    ("redundant_lm_head", "tied_embeddings"),
+    ("buffers_in_checkpoint", None),
+    ("shared_expert", "family qwen2_moe"),
+    ("mixed_dense_moe", "family qwen3_moe|family qwen2_moe"),
 )
 
 
@@ -36,73 +38,113 @@ class TestRecord:
     family: str | None
     outcome: str
     duration: float
+    checks_values: bool = True
     features: dict[str, int] = field(default_factory=dict)
     failing_features: dict[str, Any] = field(default_factory=dict)
     case_file: str | None = None
     reason: str | None = None
 
 
-def _feature_rows(caps: Capabilities) -> list[tuple[str, str, bool]]:
-    """(label, counter key, supported) for every row of the matrix."""
-    rows = [(f"family {f}", f"family={f}", f in caps.families) for f in FAMILY_NAMES]
-    rows += [(name, name, caps.supports(name)) for name in FEATURES]
-    rows += [(name, name, True) for name in EXTRA_FEATURES]
+def _possible(requirement: str | None, caps: Capabilities) -> bool:
+    if requirement is None:
+        return True
+    for option in requirement.split("|"):
+        if option.startswith("family "):
+            if option.removeprefix("family ") in caps.families:
+                return True
+        elif caps.supports(option):
+            return True
+    return False
+
+
+def _feature_rows(caps: Capabilities) -> list[tuple[str, str, str | None]]:
+    """(label, counter key, why it cannot occur with this loader or None) for every row."""
+    rows = [
+        (f"family {f}", f"family={f}", None if f in caps.families else "not supported by the loader")
+        for f in FAMILY_NAMES
+    ]
+    rows += [
+        (name, name, None if caps.supports(name) else "not supported by the loader")
+        for name in FEATURES
+    ]
+    rows += [
+        (name, name, None if _possible(needs, caps) else f"not supported (needs {needs.replace('|', ' or ')})")
+        for name, needs in EXTRA_FEATURES
+    ]
     return rows
 
 
-def _failing_key(key: str, features: dict[str, Any]) -> bool:
+def _used(key: str, features: dict[str, Any]) -> bool:
     if key.startswith("family="):
         return features.get("family") == key.split("=", 1)[1]
     return bool(features.get(key))
 
 
 def matrix(records: list[TestRecord], caps: Capabilities) -> list[dict[str, Any]]:
-    counts: Counter = Counter()
-    for r in records:
-        counts.update(r.features)
+    """One row per family and feature.  "passed" needs examples of a property that checks
+    values, in a test that passed; what was drawn only by tests that failed first (or by
+    tests that check no values) is "not established", never passed."""
     rows = []
-    for label, key, supported in _feature_rows(caps):
-        examples = counts.get(key, 0)
-        using = [r for r in records if r.features.get(key)]
-        failed = [
-            r.id for r in records if r.outcome == "failed" and _failing_key(key, r.failing_features)
-        ]
-        known = [
-            r.id for r in records if r.outcome == "xfailed" and _failing_key(key, r.failing_features)
-        ]
-        if not supported:
-            status = "not supported by the loader"
+    for label, key, impossible in _feature_rows(caps):
+        drawn = sum(r.features.get(key, 0) for r in records)
+        established = sum(
+            r.features.get(key, 0) for r in records if r.outcome == "passed" and r.checks_values
+        )
+        failed = [r.id for r in records if r.outcome == "failed" and _used(key, r.failing_features)]
+        known = [r.id for r in records if r.outcome == "xfailed" and _used(key, r.failing_features)]
+        note = ""
+        if impossible:
+            status = impossible
         elif failed:
             status = "failed"
         elif known:
             status = "known failure"
-        elif examples == 0:
+        elif established:
+            status = "passed"
+        elif not drawn:
             status = "not exercised"
         else:
-            status = "passed"
+            status = "not established"
+            drew = [r for r in records if r.features.get(key)]
+            if any(r.outcome == "failed" for r in drew):
+                note = "the tests that drew it failed first"
+            elif any(r.outcome == "skipped" for r in drew):
+                note = "the tests that drew it were not exercised"
+            else:
+                note = "only tests that check no values drew it"
         rows.append(
             {
                 "feature": label,
                 "status": status,
-                "examples": examples,
-                "tests": len(using),
+                "examples": drawn,
+                "established": established,
+                "tests": sum(1 for r in records if r.features.get(key)),
                 "failed_tests": failed,
                 "known_failures": known,
+                "note": note,
             }
         )
     return rows
+
+
+LOUD = ("failed", "not exercised", "known failure", "not established")
 
 
 def write_terminal(tr, records: list[TestRecord], caps: Capabilities) -> None:
     tr.section("weightcheck: conformance matrix")
     total = sum(r.features.get("examples", 0) for r in records)
     tr.write_line(f"examples run: {total}")
-    tr.write_line(f"  {'feature':<26} {'status':<28} {'examples':>8}  failing tests")
+    tr.write_line(f"  {'feature':<26} {'status':<30} {'examples':>8}  failing tests / note")
     for row in matrix(records, caps):
         listed = row["failed_tests"] or [f"{t} (expected)" for t in row["known_failures"]]
         failing = ", ".join(listed[:3]) + (" ..." if len(listed) > 3 else "")
-        status = row["status"].upper() if row["status"] in ("failed", "not exercised", "known failure") else row["status"]
-        tr.write_line(f"  {row['feature']:<26} {status:<28} {row['examples']:>8}  {failing}".rstrip())
+        status = row["status"].upper() if row["status"] in LOUD else row["status"]
+        counted = f"{row['established']}/{row['examples']}" if row["examples"] != row["established"] else str(row["examples"])
+        tr.write_line(f"  {row['feature']:<26} {status:<30} {counted:>8}  {failing or row['note']}".rstrip())
+    tr.write_line(
+        "  (examples: established/drawn where they differ; established = in passed tests of "
+        "properties that check values)"
+    )
     cases = [r.case_file for r in records if r.case_file]
     if cases:
         tr.write_line(f"case files of failures: {len(cases)} (see each failure's replay section)")

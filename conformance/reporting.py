@@ -1,5 +1,7 @@
 """What a run of the suite reports: per test, a case file and the commands that replay it
 when it fails; at the end, the conformance matrix and the ``--report-json`` file.
+
+(PYTEST_DONT_REWRITE: the plugin's modules import each other; nothing here asserts.)
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         return report
     prop, family, regression = item_info(item)
     if report.when == "setup" and report.skipped or report.when == "call":
-        report.user_properties.append(
-            (TEST_PROPERTY, {"id": stable_id(item), "property": prop, "family": family})
-        )
+        info = {"id": stable_id(item), "property": prop, "family": family, "checks_values": _checks_values(item)}
+        report.user_properties.append((TEST_PROPERTY, info))
     if report.when != "call":
         return report
     run_harness = harness(config)
     counts = run_harness.counts.pop(item.nodeid, None)
     example = run_harness.last_example.pop(item.nodeid, None)
+    failing = run_harness.failing.pop(item.nodeid, None)
     if counts:
         report.user_properties.append((FEATURE_PROPERTY, dict(counts)))
         if report.passed and counts["examples"] and not counts[EXERCISED]:
@@ -56,14 +58,45 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if report.skipped and hasattr(report, "wasxfail") and example is not None:
         # a known failure (--expect-fail): the matrix says which features it touched
         report.user_properties.append((FAILING_PROPERTY, example.case.features()))
+    if report.failed and config.option.verbose < 2:
+        _concise(report, call)
     if report.failed:
         case_file = _write_case(config, item, report, example, regression)
         if example is not None:
             report.user_properties.append((FAILING_PROPERTY, example.case.features()))
         if case_file is not None:
             report.user_properties.append((CASE_PROPERTY, str(case_file)))
-        report.sections.append(("weightcheck: replay", _replay_text(item, case_file)))
+        if failing is not None and failing.budget_spent:
+            report.sections.append((
+                "weightcheck: shrinking",
+                f"shrinking stopped after its budget ({run_options(config).shrink_budget:g} s, "
+                "--shrink-budget): the example is the smallest found by then, not the smallest there is",
+            ))
+        report.sections.append(("weightcheck: replay", _replay_text(item, case_file, regression)))
     return report
+
+
+def _concise(report: pytest.TestReport, call) -> None:
+    """A property failure reads as its own message, in one screen: the headline, the first
+    differing regions, the case (the traceback through the suite and Hypothesis's draws are
+    in the case file's terms already; -vv shows them all)."""
+    from .assertions import PropertyFailure
+    from .protocol import AdapterError
+
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, PropertyFailure):
+        report.longrepr = f"{type(error).__name__}: {error}"
+    elif isinstance(error, AdapterError):
+        report.longrepr = f"adapter error (the loader breaks the weightcheck protocol): {error}"
+
+
+def _checks_values(item: pytest.Item) -> bool:
+    """Whether the item's property compares loaded values (the matrix counts only those)."""
+    from .properties import PROPERTIES
+
+    callspec = getattr(item, "callspec", None)
+    prop = (callspec.params.get("prop") if callspec else None) or item_info(item)[0]
+    return PROPERTIES[prop].checks_values if prop in PROPERTIES else True
 
 
 def _not_exercised(item: pytest.Item, report: pytest.TestReport, prop: str | None) -> None:
@@ -97,22 +130,24 @@ def _write_case(config, item, report, example, regression) -> Path | None:
         return None
 
 
-def _replay_text(item: pytest.Item, case_file: Path | None) -> str:
+def _replay_text(item: pytest.Item, case_file: Path | None, regression: str | None) -> str:
+    """Commands that reproduce the failure, from the directory the run was started in: no test
+    paths (the plugin runs the installed suite), so the project's own pytest config applies."""
     config = item.config
     loader = config.getoption("loader")
     lines = []
     if case_file is not None:
         lines += [
-            f"case file: {case_file}",
-            f"pytest --pyargs weightcheck.conformance --loader={loader} --replay={case_file}",
-            f"as a plain checkpoint with a standalone script: python -m weightcheck.conformance.casefiles {case_file} OUT_DIR",
+            f"this case again: pytest --loader={loader} --replay={case_file}",
+            f"as a plain checkpoint and a script: python -m weightcheck export {case_file} OUT_DIR",
         ]
-    parts = ["pytest", f"--loader={loader}", f"--hypothesis-profile={config.option.hypothesis_profile}"]
-    seed = config.getoption("hypothesis_seed", None)
-    if seed is not None:
-        parts.append(f"--hypothesis-seed={seed}")
-    parts.append(f"'{item.path}::{item.name}'")
-    lines.append("the whole test again, same examples: " + " ".join(parts))
+    if regression is None and not run_options(config).replay:
+        parts = ["pytest", f"--loader={loader}", f"--hypothesis-profile={config.option.hypothesis_profile}"]
+        seed = config.getoption("hypothesis_seed", None)
+        if seed is not None:
+            parts.append(f"--hypothesis-seed={seed}")
+        parts.append(f"-k '{item.name}'")
+        lines.append("the whole test again, same examples: " + " ".join(parts))
     return "\n".join(lines)
 
 
@@ -126,6 +161,7 @@ class _Summary:
         self.config = config
         self.harness = harness
         self.records: dict[str, object] = {}
+        self.no_examples = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from .report import TestRecord
@@ -145,18 +181,37 @@ class _Summary:
             family=info["family"],
             outcome=outcome,
             duration=round(report.duration, 3),
+            checks_values=info.get("checks_values", True),
             features=props.get(FEATURE_PROPERTY, {}),
             failing_features=props.get(FAILING_PROPERTY, {}),
             case_file=props.get(CASE_PROPERTY),
             reason=reason,
         )
 
+    def examples(self) -> int:
+        return sum(r.features.get("examples", 0) for r in self.records.values())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """A run given ``--loader`` that ran no conformance example never passes (a nightly job
+        whose tests were all skipped or deselected must not stay green)."""
+        if session.exitstatus == 0 and not self.config.option.collectonly and not self.examples():
+            self.no_examples = True
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
         from .report import write_json, write_terminal
 
+        if self.config.option.collectonly:
+            return
         caps = self.harness.loader.capabilities
         records = list(self.records.values())
         write_terminal(terminalreporter, records, caps)
+        if self.no_examples:
+            terminalreporter.write_line(
+                "weightcheck: no conformance example ran (every test was skipped or deselected); "
+                f"exit status {int(pytest.ExitCode.NO_TESTS_COLLECTED)}, never a pass",
+                red=True,
+            )
         run = run_options(self.config)
         if run.report_json:
             write_json(run.report_json, records, caps, self._run_info())

@@ -3,6 +3,8 @@ and its harness, the run's options, and the keys test reports carry their record
 
 Kept in ``config.stash`` (never in module globals), so that the plugin stays inert in runs
 that do not use the suite and several runs in one process (pytester) do not see each other.
+
+(PYTEST_DONT_REWRITE: the plugin's modules import each other; nothing here asserts.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RunOptions:
     regressions: list[Path]
     expectations: list
     report_json: Path | None
+    shrink_budget: float | None = None
 
 
 HARNESS_KEY = pytest.StashKey["Harness"]()

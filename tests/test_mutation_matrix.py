@@ -61,7 +61,7 @@ def test_seeded_search_kills_and_is_reproducible(matrix):
 
 
 def test_reference_control_passes_every_property(matrix):
-    outcome = matrix.kill_search(matrix.REFERENCE, max_examples=2, stop_at_first=False)
+    outcome = matrix.kill_search(matrix.REFERENCE, max_examples=8, stop_at_first=False)
     assert not outcome.killed, outcome.failures
     ran = {(t["property"], t["family"]) for t in outcome.tests if t["skipped"] is None}
     skipped = {(t["property"], t["family"]) for t in outcome.tests if t["skipped"] is not None}
@@ -97,3 +97,14 @@ def test_unknown_mutant_is_a_usage_error(matrix):
     with pytest.raises(SystemExit) as exit_info:
         matrix.main(["--mutants", "no_such_mutant"])
     assert exit_info.value.code == 2
+
+
+def test_a_skipped_property_fails_the_reference_control(matrix, monkeypatch):
+    from weightcheck.conformance.search import SearchResult
+
+    def never_judged(loader, prop, family, max_examples, seed=None):
+        return SearchResult(prop, family, examples=3, skipped="not exercised: nothing checked")
+
+    monkeypatch.setattr(matrix, "run_search", never_judged)
+    outcome = matrix.kill_search(matrix.REFERENCE, max_examples=3, stop_at_first=False)
+    assert outcome.killed and "not judged" in outcome.message

@@ -213,7 +213,6 @@ def test_pytest_step_has_the_nightly_options(workflow):
     command = step["run"]
     assert "${{" not in command, "the pytest step must be plain bash (the test runs it as is)"
     for needed in (
-        "--pyargs weightcheck.conformance",
         '--loader="$WEIGHTCHECK_LOADER"',
         '--hypothesis-profile="$WEIGHTCHECK_PROFILE"',
         "-n auto",
@@ -426,7 +425,7 @@ def test_pytest_step_passes_on_the_reference_loader(clean_run):
     repo, result = clean_run
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     body = report(repo)
-    assert body["schema_version"] == 1
+    assert body["schema_version"] == 2
     assert body["run"]["profile"] == "ci"
     assert body["run"]["loader"] == REFERENCE
     assert set(body["summary"]) <= {"passed", "skipped"} and body["summary"]["passed"] > 0
@@ -442,7 +441,7 @@ def test_pytest_step_uses_the_optional_files_and_keeps_the_failing_case(known_bu
     # roundtrip[gpt2] fails and is not listed: the step (so the job) fails ...
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-2000:]
     body = report(repo)
-    assert body["schema_version"] == 1
+    assert body["schema_version"] == 2
     assert body["run"]["profile"] == "nightly"
     # ... the listed regression case of .weightcheck/regressions/ is an expected failure (its ID
     # is only valid when --regressions was passed, and only xfails when --expect-fail was) ...

@@ -12,6 +12,7 @@ from weightcheck.reference_models.families import checkpoint_specs
 from weightcheck.reference_models.oracle import Expected, source_view
 
 from ..assertions import fail, same_bits
+from ..protocol import loaded_names
 from ..timing import section
 from .base import (
     LoaderRaised,
@@ -73,7 +74,7 @@ class AllRanks(Property):
                 state, loaded = got
                 rank_case = replace(case, placement=placement)
                 exp = expected(rank_case, tensors, loader)
-                rank_problems = mismatches(state, exp, case)
+                rank_problems = mismatches(state, exp, case, tensors=tensors)
                 if loaded is not None:
                     rank_problems += tracking_problems(loaded, set(exp.tracked))
                 problems += [f"rank {rank_name(placement)}: {p}" for p in rank_problems]
@@ -108,7 +109,7 @@ def load_world(loader, arch, placements, checkpoint) -> list:
         return [
             LoaderRaised("load_ranks", r)
             if isinstance(r, BaseException)
-            else (dict(r[0]), None if r[1] is None else set(r[1]))
+            else (dict(r[0]), loaded_names(r[1], "load_ranks()"))
             for r in results
         ]
     out = []

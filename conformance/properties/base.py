@@ -25,8 +25,8 @@ from weightcheck.fixtures.materialize import case_tensors, scratch_dir, write_ca
 from weightcheck.reference_models.oracle import Expected, expected_state
 from weightcheck.reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
-from ..assertions import fail, state_mismatches
-from ..protocol import LoaderAdapter
+from ..assertions import detailed, fail, state_mismatches
+from ..protocol import AdapterError, LoaderAdapter
 from ..timing import section
 
 
@@ -112,12 +112,17 @@ def call(stage: str, fn: Callable, *args: Any) -> Any:
     with section(f"loader.{stage}"):
         try:
             return fn(*args)
+        except AdapterError:
+            raise  # the adapter breaks the protocol: not a loading failure
         except Exception as exc:  # the loader's own failure, reported as such
             raise LoaderRaised(stage, exc) from exc
 
 
 def context(case: Case, extra: str = "") -> str:
-    text = f"case: {case.short()}\ncase json: {case.to_json()}"
+    """The case in one line (the case file holds all of it; -vv adds it here as JSON)."""
+    text = f"case: {case.short()}"
+    if detailed():
+        text += f"\ncase json: {case.to_json()}"
     return f"{text}\n{extra}" if extra else text
 
 
@@ -200,9 +205,11 @@ def shapes(case: Case) -> Mapping[str, tuple[int, ...]]:
     return checkpoint_shapes(case.arch, case.recipe.format)
 
 
-def mismatches(state, exp: Expected, case: Case, only=None) -> list[str]:
+def mismatches(state, exp: Expected, case: Case, only=None, tensors=None) -> list[str]:
+    """Differences from the oracle; with the checkpoint's ``tensors``, the message says which
+    other tensor a wrong region holds."""
     with section("compare"):
-        return state_mismatches(state, exp, shapes(case), only=only)
+        return state_mismatches(state, exp, shapes(case), only=only, tensors=tensors)
 
 
 def tracking_problems(loaded: set[str], wanted: set[str]) -> list[str]:

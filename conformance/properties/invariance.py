@@ -30,8 +30,8 @@ class Invariance(Property):
         first = load_or_fail(loader, case, self.label)
         second = load_or_fail(loader, case, self.label, other)
         exp = expected(case, first.tensors, loader)
-        wrong_first = mismatches(first.state, exp, case)
-        wrong_second = mismatches(second.state, exp, case)
+        wrong_first = mismatches(first.state, exp, case, tensors=first.tensors)
+        wrong_second = mismatches(second.state, exp, case, tensors=first.tensors)
         if not wrong_first and not wrong_second:
             return Outcome()
         if wrong_first and wrong_second:

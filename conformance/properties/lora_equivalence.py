@@ -45,7 +45,7 @@ class LoraEquivalence(Property):
                 f"only when unwrapped: {sorted(set(unwrapped.state) - set(by_plain_name))}"
             )
         exp = expected(case, wrapped.tensors, loader)
-        problems += mismatches(wrapped.state, exp, case)
+        problems += mismatches(wrapped.state, exp, case, tensors=wrapped.tensors)
         if wrapped.loaded is not None:
             problems += tracking_problems(wrapped.loaded, set(exp.tracked))
         if problems:

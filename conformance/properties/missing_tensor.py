@@ -72,18 +72,28 @@ class MissingTensor(Property):
         if got.loaded == set(exp.tracked) and copies:
             # A redundant copy of the dropped tensor is still in the checkpoint (a tied lm_head):
             # filling the parameter from it is as right as skipping it, if the values are right.
-            problems = mismatches(got.state, exp, case)
+            problems = mismatches(got.state, exp, case, tensors=got.tensors)
             if not problems:
                 return Outcome("filled from an alias copy")
             fail(title + f" (filled from {copies})", problems, where)
-        problems = tracking_problems(got.loaded, set(exp.tracked - dependents))
-        problems += mismatches(got.state, exp, case, only=exp.tracked - dependents)
-        if problems:
+        independent = exp.tracked - dependents
+        wrong_values = mismatches(got.state, exp, case, only=independent, tensors=got.tensors)
+        tracking = tracking_problems(got.loaded, set(independent))
+        if wrong_values:  # the first real difference: a loading bug of its own
             fail(
-                title + f" (or other parameters suffered); {sorted(dependents)} depend on it",
-                problems,
+                f"missing tensor: with {dropped} removed, parameters that do not need it hold wrong "
+                "values (a loading bug independent of the missing tensor)",
+                wrong_values + tracking,
                 where,
             )
+        if tracking:
+            unnoticed = sorted(got.loaded & dependents)
+            headline = (
+                f"{title}: {unnoticed} need it and are reported loaded anyway"
+                if unnoticed
+                else f"missing tensor: with {dropped} removed, the loaded set is wrong"
+            )
+            fail(headline, tracking, where)
         return Outcome("reported")
 
     def raised(self, loader, case, dropped: str, err: LoaderRaised, where: str) -> Outcome:

@@ -52,7 +52,8 @@ class Reload(Property):
         except LoaderRaised as err:
             fail(raised_title(self.label), [f"{err} (in {step})"], where)
         exp = expected(second, second_tensors, loader)
-        problems = mismatches(state, exp, case)
+        first_values = {f"{n} (of the FIRST checkpoint)": t for n, t in tensors_of(case).items()}
+        problems = mismatches(state, exp, case, tensors={**second_tensors, **first_values})
         if loaded is not None:
             problems += [f"second load: {p}" for p in tracking_problems(loaded, set(exp.tracked))]
         if problems:

@@ -12,7 +12,7 @@ class Roundtrip(Property):
 
     def run(self, loader, case, extras):
         got = load_or_fail(loader, case, self.label)
-        problems = mismatches(got.state, expected(case, got.tensors, loader), case)
+        problems = mismatches(got.state, expected(case, got.tensors, loader), case, tensors=got.tensors)
         if problems:
             fail("round trip: the loaded state differs from the checkpoint", problems, context(case))
         return Outcome()

@@ -37,7 +37,7 @@ from weightcheck.reference_models.reference_loader.layers import (
 )
 from weightcheck.reference_models.reference_loader.llama import LlamaForCausalLM, LlamaMLP
 from weightcheck.reference_models.reference_loader.quant import get_quant_method
-from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
+from weightcheck.reference_models.reference_loader.tracking import LoadTracker, naming, tracker_for
 
 WK = "wk"  # the indexer's key projection, checkpoint ``...indexer.wk.*``
 WK_SHARD = 0  # its rows in wk_weights_proj; weights_proj is shard 1
@@ -177,11 +177,12 @@ class DeepseekV32ForCausalLM(LlamaForCausalLM):
         parameter (or the indexer module) is looked up."""
         tracker = tracker_for(self)
         for name, loaded_weight in weights:
-            if self.is_skipped(name) or self.is_on_other_rank(name):
-                continue
-            leaf = self.wk_leaf(name)
-            if leaf is not None:
-                self.load_wk(tracker, name, leaf, loaded_weight)
-            else:
-                self.load_dense(tracker, name, loaded_weight)
+            with naming(name):
+                if self.is_skipped(name) or self.is_on_other_rank(name):
+                    continue
+                leaf = self.wk_leaf(name)
+                if leaf is not None:
+                    self.load_wk(tracker, name, leaf, loaded_weight)
+                else:
+                    self.load_dense(tracker, name, loaded_weight)
         return tracker.loaded()

@@ -26,7 +26,7 @@ from weightcheck.reference_models.reference_loader.layers import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
-from weightcheck.reference_models.reference_loader.tracking import tracker_for
+from weightcheck.reference_models.reference_loader.tracking import naming, tracker_for
 
 CONV1D_MODULES = ("c_attn", "c_proj", "c_fc")
 MASK_BUFFERS = ("bias", "masked_bias")
@@ -154,12 +154,13 @@ class GPT2LMHeadModel(nn.Module):
         """
         tracker = tracker_for(self)
         for name, loaded_weight in weights:
-            name = self.normalize_name(name)
-            if self.is_skipped(name) or self.is_on_other_rank(name):
-                continue
-            if self.needs_transpose(name):
-                loaded_weight = loaded_weight.t()
-            param = tracker.param(name)
-            param.weight_loader(param, loaded_weight)
-            tracker.record(name)
+            with naming(name):
+                name = self.normalize_name(name)
+                if self.is_skipped(name) or self.is_on_other_rank(name):
+                    continue
+                if self.needs_transpose(name):
+                    loaded_weight = loaded_weight.t()
+                param = tracker.param(name)
+                param.weight_loader(param, loaded_weight)
+                tracker.record(name)
         return tracker.loaded()

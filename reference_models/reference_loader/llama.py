@@ -28,7 +28,7 @@ from weightcheck.reference_models.reference_loader.layers import (
     layer_quant,
 )
 from weightcheck.reference_models.reference_loader.lora import wrap_lora
-from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
+from weightcheck.reference_models.reference_loader.tracking import LoadTracker, naming, tracker_for
 
 ROTARY_BUFFERS = ("inv_freq", "cos_cached", "sin_cached")
 
@@ -207,9 +207,10 @@ class LlamaForCausalLM(nn.Module):
         calls of the load; a bare call tracks on its own (``tracker_for``)."""
         tracker = tracker_for(self)
         for name, loaded_weight in weights:
-            if self.is_skipped(name) or self.is_on_other_rank(name):
-                continue
-            self.load_dense(tracker, name, loaded_weight)
+            with naming(name):
+                if self.is_skipped(name) or self.is_on_other_rank(name):
+                    continue
+                self.load_dense(tracker, name, loaded_weight)
         return tracker.loaded()
 
     def load_dense(self, tracker: LoadTracker, name: str, loaded_weight: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.reference_loader.layers import RMSNorm, ReplicatedLinear, layer_quant
 from weightcheck.reference_models.reference_loader.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP
 from weightcheck.reference_models.reference_loader.moe import FusedMoE
-from weightcheck.reference_models.reference_loader.tracking import LoadTracker, tracker_for
+from weightcheck.reference_models.reference_loader.tracking import LoadTracker, naming, tracker_for
 
 # checkpoint projection of one expert -> MoE shard id
 EXPERT_SHARDS = (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2"))
@@ -157,36 +157,37 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         fused_params = {shard: param for param, _, shard, _ in mapping}
         num_experts = self.arch.moe.num_experts
         for name, loaded_weight in weights:
-            if self.is_skipped(name) or self.is_on_other_rank(name):
-                continue
-            parts = name.split(".")
-            if "experts" not in parts:
-                self.load_dense(tracker, name, loaded_weight)
-                continue
-            i = parts.index("experts")
-            rest = parts[i + 1:]
-            if len(rest) == 1 and rest[0] in FUSED_EXPERT_SHARDS:
-                shard_ids = FUSED_EXPERT_SHARDS[rest[0]]
-                target = ".".join(parts[:i] + [fused_params[shard_ids[0]] + "weight"])
-                self.load_fused_expert_weights(tracker, name, target, loaded_weight, shard_ids)
-                continue
-            if len(rest) >= 3 and rest[0].isdigit():
-                if int(rest[0]) >= num_experts:
-                    raise ValueError(
-                        f"checkpoint tensor {name!r} names expert {rest[0]}, but the model has "
-                        f"{num_experts} experts"
-                    )
-                entry = per_expert.get(f"experts.{rest[0]}.{rest[1]}.")
-                if entry is not None:
-                    param_name, shard_id, expert_id = entry
-                    target = ".".join(parts[:i] + [param_name + ".".join(rest[2:])])
-                    param = tracker.param(target, name)
-                    success = param.weight_loader(
-                        param, loaded_weight, name,
-                        shard_id=shard_id, expert_id=expert_id, return_success=True,
-                    )
-                    if success:
-                        tracker.record(target, (expert_id, shard_id))
+            with naming(name):
+                if self.is_skipped(name) or self.is_on_other_rank(name):
                     continue
-            raise ValueError(f"checkpoint tensor {name!r} matches no parameter of this model")
+                parts = name.split(".")
+                if "experts" not in parts:
+                    self.load_dense(tracker, name, loaded_weight)
+                    continue
+                i = parts.index("experts")
+                rest = parts[i + 1:]
+                if len(rest) == 1 and rest[0] in FUSED_EXPERT_SHARDS:
+                    shard_ids = FUSED_EXPERT_SHARDS[rest[0]]
+                    target = ".".join(parts[:i] + [fused_params[shard_ids[0]] + "weight"])
+                    self.load_fused_expert_weights(tracker, name, target, loaded_weight, shard_ids)
+                    continue
+                if len(rest) >= 3 and rest[0].isdigit():
+                    if int(rest[0]) >= num_experts:
+                        raise ValueError(
+                            f"checkpoint tensor {name!r} names expert {rest[0]}, but the model has "
+                            f"{num_experts} experts"
+                        )
+                    entry = per_expert.get(f"experts.{rest[0]}.{rest[1]}.")
+                    if entry is not None:
+                        param_name, shard_id, expert_id = entry
+                        target = ".".join(parts[:i] + [param_name + ".".join(rest[2:])])
+                        param = tracker.param(target, name)
+                        success = param.weight_loader(
+                            param, loaded_weight, name,
+                            shard_id=shard_id, expert_id=expert_id, return_success=True,
+                        )
+                        if success:
+                            tracker.record(target, (expert_id, shard_id))
+                        continue
+                raise ValueError(f"checkpoint tensor {name!r} matches no parameter of this model")
         return tracker.loaded()

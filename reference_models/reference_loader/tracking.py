@@ -81,3 +81,15 @@ def load_session(model: nn.Module) -> Iterator[LoadTracker]:
         del model.__dict__[SESSION_ATTR]
         if reset is not None:
             reset()
+
+
+@contextmanager
+def naming(checkpoint_name: str) -> Iterator[None]:
+    """A ``ValueError`` while loading one checkpoint tensor names that tensor: "fused qkv: shape
+    (2, 6), expected (6, 2)" says what is wrong, not where."""
+    try:
+        yield
+    except ValueError as exc:
+        if checkpoint_name in str(exc):
+            raise
+        raise ValueError(f"checkpoint tensor {checkpoint_name!r}: {exc}") from exc
