@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any, Iterable
 
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
@@ -187,6 +188,8 @@ def features(environ=os.environ) -> set[str]:
 class SglangLoader:
     name = f"sglang {sglang.__version__} (CPU engine, one rank)"
     capabilities = Capabilities(families=set(SGLANG_ARCHITECTURES), features=features())
+    # Shipped with the adapter, used by default (--no-adapter-defaults leaves it out).
+    expectations = Path(__file__).resolve().parent / "expectations" / "sglang.txt"
 
     def __init__(self) -> None:
         self._runtime: _Runtime | None = None

@@ -31,6 +31,7 @@ pipeline parallelism needs ``DistributedConfig`` under several processes (not su
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,9 @@ _FUSED_EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts\.)(?P<which>gate_up_p
 
 
 @dataclass(frozen=True)
+HERE = Path(__file__).resolve().parent
+
+
 class Piece:
     """Where one HF tensor goes: canonical parameter ``target``, at ``slot`` (sort key)."""
 
@@ -204,6 +208,12 @@ def features(environ=os.environ) -> set[str]:
 class TransformersLoader:
     name = f"transformers {transformers.__version__}"
     capabilities = Capabilities(families={"llama", "gpt2", "qwen3_moe", "qwen2_moe"}, features=features())
+    # Shipped with the adapter and used by default (--no-adapter-defaults leaves them out):
+    # the known failures, one-line reasons each, and the findings' regression cases.
+    expectations = HERE / "expectations" / (
+        "transformers-fp8.txt" if "fp8_block" in capabilities.features else "transformers.txt"
+    )
+    regressions = HERE / "regressions" / "transformers"
 
     def build(self, arch, placement) -> Model:
         if (placement.tp_size, placement.pp_size, placement.ep_size) != (1, 1, 1):

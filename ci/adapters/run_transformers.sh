@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The conformance suite (dev profile) against Hugging Face transformers 5.23.0 + PEFT 0.21.2 on CPU,
 # through adapters/transformers_loader.py, with the known failures of
-# adapters/expectations/transformers.txt and the regression cases of fixtures/regressions/transformers/.
+# adapters/expectations/transformers.txt and the regression cases of adapters/regressions/transformers/
+# (the adapter ships them and the suite uses them by default).
 #
 #   bash ci/adapters/run_transformers.sh [extra pytest arguments]
 #
@@ -20,7 +21,5 @@ if [ -n "$seed" ]; then
 fi
 export PYTHONPATH="$extras:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_DEACTIVATE_ASYNC_LOAD=1
 exec python -m pytest --loader=weightcheck.adapters.transformers_loader -n 2 -p no:cacheprovider \
-  --expect-fail adapters/expectations/transformers.txt \
-  --regressions fixtures/regressions/transformers \
   --weightcheck-out "${WEIGHTCHECK_OUT:-weightcheck-results/transformers}" \
   "${seed_args[@]}" -W "ignore::FutureWarning" -W "ignore::DeprecationWarning" "$@"
