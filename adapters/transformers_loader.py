@@ -31,9 +31,9 @@ pipeline parallelism needs ``DistributedConfig`` under several processes (not su
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
@@ -75,10 +75,10 @@ _EXPERT = re.compile(
 _FUSED_EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts\.)(?P<which>gate_up_proj|down_proj)$")
 
 
-@dataclass(frozen=True)
 HERE = Path(__file__).resolve().parent
 
 
+@dataclass(frozen=True)
 class Piece:
     """Where one HF tensor goes: canonical parameter ``target``, at ``slot`` (sort key)."""
 

@@ -1,7 +1,7 @@
 """Write the bundled regression corpus: one case per seed bug, in fixtures/regressions/.
 
 Each case is built by hand to hold exactly the conditions its bug needs, so it fails on the
-matching mutant in reference_models/mutants.py on every run (tests/test_regressions.py checks that).
+matching mutant in reference_models/mutants/ on every run (tests/test_regressions.py checks that).
 
     python ci/make_seed_regressions.py
 """

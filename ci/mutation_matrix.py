@@ -4,7 +4,7 @@
     python ci/mutation_matrix.py [--profile ci|dev|nightly] [--seed S] [--examples N]
         [--seeds N] [--mutants a,b] [--skip-reference] [--jobs J] [--json OUT] [--markdown]
 
-For every mutant of ``reference_models/mutants.py`` (a reference loader with one real bug put back) it runs
+For every mutant of ``reference_models/mutants/`` (a reference loader with one real bug put back) it runs
 the conformance properties in the order the suite defines them (roundtrip, tracking,
 missing_tensor, invariance, checkpoint_unchanged, reload, lora_equivalence, all_ranks), each
 over every family the mutant's loader supports (not only the families the mutant was written
@@ -14,7 +14,7 @@ draw them (``tests/helpers.run_search``), in process, without shrinking, so "exa
 "seconds" are what the suite spends before it first reports the bug.  Examples are counted
 across all the tests run before the kill, and within the killing test.  "bug's symptom" says
 whether the killing failure shows the mutant's own bug (contains the message fragment the
-mutant declares in ``reference_models/mutants.py``) or some other defect of the mutant.
+mutant declares in ``reference_models/mutants/``) or some other defect of the mutant.
 
 Profiles (``conformance/profiles.py``): ``ci`` 100 examples per test, derandomized (the same
 examples on every run; the fixed sample differs from the pytest run's, whose seed is a digest of
@@ -107,7 +107,7 @@ class Outcome:
     error_type: str | None = None
     message: str | None = None
     # Whether the first failure shows the mutant's bug (its message fragment from
-    # reference_models/mutants.py), not an unrelated defect of the mutant; None for the reference.
+    # reference_models/mutants/), not an unrelated defect of the mutant; None for the reference.
     symptom: bool | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     tests: list[dict[str, Any]] = field(default_factory=list)
@@ -332,7 +332,7 @@ def profile_report(mutants: list[Outcome], ref: list[Outcome], markdown: bool, t
     off = [o.target for o in mutants if o.killed and not o.symptom]
     if off:
         out.append(
-            "killed by a failure without the bug's symptom (the message fragment of reference_models/mutants.py), "
+            "killed by a failure without the bug's symptom (the message fragment of reference_models/mutants/), "
             f"i.e. by another defect of the mutant: {', '.join(off)}"
         )
     if ref:

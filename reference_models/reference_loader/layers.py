@@ -34,7 +34,7 @@ from weightcheck.reference_models.reference_loader.quant import (
     get_quant_method,
 )
 
-# Re-exported: the FP8 mutants (reference_models/mutants.py) import these from here, where
+# Re-exported: the FP8 mutants (reference_models/mutants/) import these from here, where
 # they were defined before quant.py / parameters.py took them.
 from weightcheck.reference_models.reference_loader.parameters import ceil_div as ceil_div
 from weightcheck.reference_models.reference_loader.quant import block_cover as block_cover
