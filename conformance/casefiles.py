@@ -87,6 +87,7 @@ def main():
     model = loader.build(arch, placement)
     try:
         loaded = loader.load(model, Checkpoint.open(HERE / "checkpoint"))
+        loaded = getattr(loaded, "loaded", loaded)  # a weightcheck.LoadReport
     except Exception as exc:
         named = dependents | {{body.get("extras", {{}}).get("dropped")}}
         if dependents and any(n and n in f"{{exc}}" for n in named):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from weightcheck.capabilities import Capabilities, LoaderSpecError
+from weightcheck.checkpoint import LoadReport
 
 
 # check_loaded(model, loaded): the loader's own completeness check (vLLM's
@@ -39,27 +40,30 @@ class AdapterError(Exception):
     Reported once, as the adapter's error, never as a property of the engine."""
 
 
-def loaded_names(loaded: Any, where: str = "load()") -> set[str] | None:
-    """What ``load`` returned, as a set of names (None: no tracking); anything else is an
-    ``AdapterError`` that says what was returned instead."""
-    if loaded is None or isinstance(loaded, (set, frozenset)):
-        if loaded is not None and not all(isinstance(n, str) for n in loaded):
-            raise AdapterError(f"{where} must return runtime parameter names (str); got {sorted(map(repr, loaded))[:5]}")
-        return None if loaded is None else set(loaded)
-    if isinstance(loaded, (list, tuple)):
+def load_report(value: Any, where: str = "load()") -> LoadReport:
+    """What ``load`` returned, as a ``LoadReport``: a set of runtime parameter names, None (no
+    tracking) or a ``LoadReport``; anything else is an ``AdapterError`` that says what it got."""
+    if isinstance(value, LoadReport):
+        report = value
+    elif value is None or isinstance(value, (set, frozenset)):
+        report = LoadReport(loaded=value)
+    elif isinstance(value, (list, tuple)):
         seen: set = set()
-        twice = sorted({n for n in loaded if n in seen or seen.add(n)}, key=str)
-        detail = (
-            f"; {twice[0]!r} appears twice in it: was that parameter loaded twice?" if twice else ""
-        )
+        twice = sorted({n for n in value if n in seen or seen.add(n)}, key=str)
+        detail = f"; {twice[0]!r} appears twice in it: was that parameter loaded twice?" if twice else ""
         raise AdapterError(
-            f"{where} returned a {type(loaded).__name__}, not a set of runtime parameter names "
-            f"(or None for no tracking){detail}"
+            f"{where} returned a {type(value).__name__}, not a set of runtime parameter names "
+            f"(or None for no tracking, or a weightcheck.LoadReport){detail}"
         )
-    raise AdapterError(
-        f"{where} must return a set of runtime parameter names or None, not "
-        f"{type(loaded).__name__}: {loaded!r:.80}"
-    )
+    else:
+        raise AdapterError(
+            f"{where} must return a set of runtime parameter names, None or a weightcheck.LoadReport, "
+            f"not {type(value).__name__}: {value!r:.80}"
+        )
+    names = [*(report.loaded or ()), *report.unexpected]
+    if not all(isinstance(n, str) for n in names):
+        raise AdapterError(f"{where} must report names (str); got {sorted(map(repr, names))[:5]}")
+    return report
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ class LoaderAdapter:
     def build(self, arch, placement) -> Any:
         return self.target.build(arch, placement)
 
-    def load(self, model, checkpoint) -> set[str] | None:
-        return loaded_names(self.target.load(model, checkpoint))
+    def load(self, model, checkpoint) -> LoadReport:
+        return load_report(self.target.load(model, checkpoint))
 
     def state(self, model) -> dict[str, Any]:
         state_fn: Callable | None = getattr(self.target, "state", None)

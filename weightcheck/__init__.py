@@ -2,7 +2,7 @@
 
 What a loader adapter needs is importable from here::
 
-    from weightcheck import Arch, Placement, Checkpoint, Capabilities, MoE, LoRA, Quant, MLA
+    from weightcheck import Arch, Placement, Checkpoint, LoadReport, Capabilities, MoE, LoRA, Quant, MLA
 
 The names are resolved on first use: the pytest plugin is loaded by every pytest run wherever
 weightcheck is installed, and must not make those runs import torch.

@@ -1,7 +1,9 @@
-"""An HF checkpoint directory as a loader sees it: ``config.json``, safetensors files, index.
+"""An HF checkpoint directory as a loader sees it (``Checkpoint``), and what a loader reports
+back about it (``LoadReport``).
 
-Loaders read it through ``Checkpoint`` (``weights()`` in stored order, or the files themselves
-at ``path``); the suite writes it with ``weightcheck.fixtures.checkpoint``.
+Loaders read it through ``Checkpoint`` (``weights()`` in stored order, ``weight_groups()`` for
+loaders that load group by group, or the files themselves at ``path``); the suite writes it with
+``weightcheck.fixtures.checkpoint``.
 """
 
 from __future__ import annotations
@@ -49,8 +51,18 @@ class Checkpoint:
         return [name for file in self.files() for name in stored_order(file)]
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor of every file the index names, files in index order, each in its
+        stored order: duplicates and tensors the index maps elsewhere included, as they are."""
         for file in self.files():
             yield from self.file_weights(file)
+
+    def weight_groups(self) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+        """The same stream in groups, for loaders that call their model's ``load_weights`` once
+        per group (vLLM's ``AutoWeightsLoader`` re-enters per run of names): one group per file
+        here; the suite also splits the stream at arbitrary points, so state a model keeps
+        between calls (a weight waiting for its scale) must survive them."""
+        for file in self.files():
+            yield self.file_weights(file)
 
     def file_weights(self, file: Path) -> Iterator[tuple[str, torch.Tensor]]:
         """One file's ``(name, tensor)`` in stored order: for loaders that read file by file."""
@@ -66,3 +78,22 @@ def stored_order(file: Path) -> list[str]:
         header = json.loads(fh.read(length))
     header.pop("__metadata__", None)
     return sorted(header, key=lambda name: header[name]["data_offsets"][0])
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What ``load`` may return instead of a plain set, like transformers' loading info.
+
+    ``loaded``: the runtime parameter names the call initialised from the checkpoint (None:
+    the loader does no tracking).  ``unexpected``: checkpoint tensor names the model has no
+    place for, or that appear more than once, which the loader skipped and reports instead of
+    raising.  A plain set is ``LoadReport(loaded=that set)``.
+    """
+
+    loaded: frozenset[str] | None
+    unexpected: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.loaded is not None:
+            object.__setattr__(self, "loaded", frozenset(self.loaded))
+        object.__setattr__(self, "unexpected", frozenset(self.unexpected))

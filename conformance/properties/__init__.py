@@ -16,6 +16,7 @@ from .missing_tensor import MissingTensor
 from .reload import Reload
 from .roundtrip import Roundtrip
 from .tracking import Tracking
+from .unexpected_tensor import UnexpectedTensor
 
 PROPERTIES: Mapping[str, Property] = MappingProxyType(
     {
@@ -30,6 +31,7 @@ PROPERTIES: Mapping[str, Property] = MappingProxyType(
             Reload(),
             LoraEquivalence(),
             AllRanks(),
+            UnexpectedTensor(),
         )
     }
 )

@@ -12,7 +12,7 @@ from weightcheck.reference_models.families import checkpoint_specs
 from weightcheck.reference_models.oracle import Expected, source_view
 
 from ..assertions import fail, same_bits
-from ..protocol import loaded_names
+from ..protocol import load_report
 from ..timing import section
 from .base import (
     LoaderRaised,
@@ -109,15 +109,15 @@ def load_world(loader, arch, placements, checkpoint) -> list:
         return [
             LoaderRaised("load_ranks", r)
             if isinstance(r, BaseException)
-            else (dict(r[0]), loaded_names(r[1], "load_ranks()"))
+            else (dict(r[0]), load_report(r[1], "load_ranks()").loaded)
             for r in results
         ]
     out = []
     for placement in placements:
         try:
             model = call("build", loader.build, arch, placement)
-            loaded = call("load", loader.load, model, checkpoint)
-            out.append((call("state", loader.state, model), loaded))
+            report = call("load", loader.load, model, checkpoint)
+            out.append((call("state", loader.state, model), report.loaded))
         except LoaderRaised as err:
             out.append(err)
     return out

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from weightcheck.capabilities import Capabilities
 from weightcheck.fixtures.case import Case, CheckpointRecipe
 from weightcheck.fixtures.materialize import case_tensors, scratch_dir, write_case
+from weightcheck.reference_models.families import checkpoint_specs
 from weightcheck.reference_models.oracle import Expected, expected_state
 from weightcheck.reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
@@ -159,6 +160,7 @@ class Loaded:
     loaded: set[str] | None
     tensors: dict[str, torch.Tensor]
     model: Any = field(default=None, repr=False)
+    unexpected: frozenset[str] = frozenset()
 
 
 def load_case(
@@ -173,13 +175,45 @@ def load_case(
     ``tensors`` are the case's full values, also when ``recipe`` leaves some out.  Raises
     ``LoaderRaised`` when the loader does.
     """
+    tensors = tensors_of(case)
+    return load_written(
+        loader, case, lambda path: write(case, path, recipe, tensors), tensors, keep_model=keep_model
+    )
+
+
+def load_written(
+    loader: LoaderAdapter,
+    case: Case,
+    writer: Callable[[Any], Any],
+    tensors: dict[str, torch.Tensor],
+    *,
+    keep_model: bool = False,
+    present: Callable[[Any], Any] | None = None,
+) -> Loaded:
+    """Build and load a checkpoint ``writer(path)`` writes (it returns the ``Checkpoint``);
+    ``present`` changes how the checkpoint is handed to the loader (a hostile stream)."""
     with scratch() as path:
-        tensors = tensors_of(case)
-        checkpoint = write(case, path, recipe, tensors)
+        checkpoint = writer(path)
+        if present is not None:
+            checkpoint = present(checkpoint)
         model = call("build", loader.build, case.arch, case.placement)
-        loaded = call("load", loader.load, model, checkpoint)
+        report = call("load", loader.load, model, checkpoint)
         state = call("state", loader.state, model)
-        return Loaded(state, loaded, tensors, model if keep_model else None)
+        loaded = None if report.loaded is None else set(report.loaded)
+        return Loaded(state, loaded, tensors, model if keep_model else None, report.unexpected)
+
+
+def control_loads(loader: LoaderAdapter, case: Case, headline: str, refusal: LoaderRaised, where: str) -> None:
+    """The well-formed checkpoint of the same case must load: a loader that raises on it too
+    says nothing about what was wrong with the bad one."""
+    try:
+        load_case(loader, case)
+    except LoaderRaised as control:
+        fail(
+            f"{headline}, and also on the well-formed checkpoint, so the error says nothing about it",
+            [f"bad checkpoint: {refusal}", f"well-formed checkpoint: {control}"],
+            where,
+        )
 
 
 def raised_title(label: str) -> str:
@@ -220,6 +254,13 @@ def tracking_problems(loaded: set[str], wanted: set[str]) -> list[str]:
     if extra:
         problems.append(f"reported as loaded but should not be: {extra}")
     return problems
+
+
+def skippable(case: Case) -> frozenset[str]:
+    """Checkpoint tensors of the case that are no weights (buffers, a tied lm_head's copy): a
+    loader may skip them, silently or reporting them as unexpected."""
+    specs = checkpoint_specs(case.arch, case.recipe.format)
+    return frozenset(n for n in case.recipe.names if specs[n].role != "weight")
 
 
 def needed_tensors(case: Case) -> list[str]:

@@ -53,7 +53,7 @@ class CheckLoaded(Property):
             checkpoint = write(case, path, recipe, tensors)
             try:
                 model = call("build", loader.build, case.arch, case.placement)
-                loaded = call("load", loader.load, model, checkpoint)
+                loaded = call("load", loader.load, model, checkpoint).loaded
             except LoaderRaised as err:
                 if dropped and err.stage == "load":
                     return Outcome("load raised before the check", exercised=False)

@@ -47,7 +47,7 @@ class Reload(Property):
                 model = call("build", loader.build, case.arch, case.placement)
                 call("load", loader.load, model, first_ckpt)
                 step = "the second load"
-                loaded = call("load", loader.load, model, second_ckpt)
+                loaded = call("load", loader.load, model, second_ckpt).loaded
                 state = call("state", loader.state, model)
         except LoaderRaised as err:
             fail(raised_title(self.label), [f"{err} (in {step})"], where)

@@ -19,6 +19,7 @@ from . import (
     reload,
     tensor_parallel,
     tracking,
+    unexpected,
 )
 from .base import Mutant, MutantLoader
 
@@ -33,6 +34,7 @@ MUTANTS: list[Mutant] = [
     *pipeline.MUTANTS,
     *reload.MUTANTS,
     *fp8.MUTANTS,
+    *unexpected.MUTANTS,
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 if len(BY_NAME) != len(MUTANTS):

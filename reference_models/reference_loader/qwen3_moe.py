@@ -113,6 +113,14 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
             for proj, shard_id in EXPERT_SHARDS
         ]
 
+    def check_expert_id(self, name: str, expert_id: int) -> None:
+        """An expert id past the model's last expert is an error, never "another rank's"."""
+        if expert_id >= self.arch.moe.num_experts:
+            raise ValueError(
+                f"checkpoint tensor {name!r} names expert {expert_id}, but the model has "
+                f"{self.arch.moe.num_experts} experts"
+            )
+
     def load_fused_expert_weights(
         self,
         tracker: LoadTracker,
@@ -155,7 +163,6 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
         mapping = self.expert_params_mapping()
         per_expert = {weight_name: (param, shard, e) for param, weight_name, shard, e in mapping}
         fused_params = {shard: param for param, _, shard, _ in mapping}
-        num_experts = self.arch.moe.num_experts
         for name, loaded_weight in weights:
             with naming(name):
                 if self.is_skipped(name) or self.is_on_other_rank(name):
@@ -172,11 +179,7 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
                     self.load_fused_expert_weights(tracker, name, target, loaded_weight, shard_ids)
                     continue
                 if len(rest) >= 3 and rest[0].isdigit():
-                    if int(rest[0]) >= num_experts:
-                        raise ValueError(
-                            f"checkpoint tensor {name!r} names expert {rest[0]}, but the model has "
-                            f"{num_experts} experts"
-                        )
+                    self.check_expert_id(name, int(rest[0]))
                     entry = per_expert.get(f"experts.{rest[0]}.{rest[1]}.")
                     if entry is not None:
                         param_name, shard_id, expert_id = entry
