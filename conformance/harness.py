@@ -127,12 +127,13 @@ class Harness:
             reason = f"not applicable: {prop_obj.not_applicable(example.case)}"
         if reason:
             pytest.skip(reason)
-        extras = example.extras if example.property == prop else {}
-        replayed = Example(prop, example.case, extras)
-        self.record(example.case)
-        self.last_example[self.current] = replayed
-        with full_report(self.verbose >= 2):
-            self.run(replayed)
+        own = example.property == prop
+        for extras in [example.extras] if own else prop_obj.replay_extras(example.case):
+            replayed = Example(prop, example.case, extras)
+            self.record(example.case)
+            self.last_example[self.current] = replayed
+            with full_report(self.verbose >= 2):
+                self.run(replayed)
 
     def run(self, example: Example) -> None:
         __tracebackhide__ = True

@@ -41,8 +41,9 @@ def test_reference_passes_every_applicable_property(stem):
     for prop, prop_obj in PROPERTIES.items():
         family = example.case.arch.family
         if prop_obj.skip_reason(family, loader) is None and prop_obj.not_applicable(example.case) is None:
-            extras = example.extras if prop == example.property else {}
-            run_example(loader, Example(prop, example.case, extras))
+            runs = [example.extras] if prop == example.property else prop_obj.replay_extras(example.case)
+            for extras in runs:
+                run_example(loader, Example(prop, example.case, extras))
 
 
 @pytest.mark.parametrize("stem, mutant", [(s, m) for s, ms in CAUGHT_BY.items() for m in ms])

@@ -10,6 +10,7 @@ from .all_ranks import AllRanks
 from .base import LoaderRaised, NotSupported, Outcome, Property, needed_tensors
 from .check_loaded import CheckLoaded
 from .checkpoint_unchanged import CheckpointUnchanged
+from .duplicate_tensor import DuplicateTensor
 from .invariance import Invariance
 from .lora_equivalence import LoraEquivalence
 from .missing_tensor import MissingTensor
@@ -32,6 +33,7 @@ PROPERTIES: Mapping[str, Property] = MappingProxyType(
             LoraEquivalence(),
             AllRanks(),
             UnexpectedTensor(),
+            DuplicateTensor(),
         )
     }
 )

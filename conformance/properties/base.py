@@ -101,6 +101,12 @@ class Property:
     def run(self, loader: LoaderAdapter, case: Case, extras: Mapping[str, Any]) -> Outcome:
         raise NotImplementedError
 
+    def replay_extras(self, case: Case) -> list[dict[str, Any]]:
+        """What to run a case file of another property with (it holds none of this property's
+        draws): by default one run with no extras; properties whose draws are essential give a
+        fixed choice (e.g. one of each kind)."""
+        return [{}]
+
     def __repr__(self) -> str:
         return f"<property {self.name}>"
 

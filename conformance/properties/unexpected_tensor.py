@@ -134,6 +134,15 @@ class UnexpectedTensor(Property):
         where = data.draw(st.tuples(st.integers(0, 7), st.integers(0, 10**6)), label="(file, position)")
         return case, {"kind": kind, "name": name, "shape": list(shape), "dtype": dtype, "at": list(where)}
 
+    def replay_extras(self, case):
+        """One unexpected tensor of each kind the case allows (the first of each)."""
+        return [
+            {"kind": kind, "name": name, "shape": list(shape), "dtype": dtype, "at": [0, 0]}
+            for kind, options in sorted(candidates(case).items())
+            if options
+            for name, shape, dtype in options[:1]
+        ]
+
     def run(self, loader, case, extras):
         extra, kind = extras["name"], extras["kind"]
         tensors = tensors_of(case)

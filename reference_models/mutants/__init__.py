@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import (
     checkpoint_files,
+    duplicates,
     fp8,
     gpt2,
     lora,
@@ -35,6 +36,7 @@ MUTANTS: list[Mutant] = [
     *reload.MUTANTS,
     *fp8.MUTANTS,
     *unexpected.MUTANTS,
+    *duplicates.MUTANTS,
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 if len(BY_NAME) != len(MUTANTS):

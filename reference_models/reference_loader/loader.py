@@ -13,11 +13,15 @@ its stored order), as a loader that re-enters per file does; the calls share one
 from __future__ import annotations
 
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from weightcheck.capabilities import Capabilities
 from weightcheck.arch import Arch, Placement
+from weightcheck.checkpoint import INDEX_FILE, stored_order
 from weightcheck.families import FAMILIES, resolve
 from weightcheck.reference_models.reference_loader.lora import LoRAWrapper
 from weightcheck.reference_models.reference_loader.tracking import load_session
@@ -33,6 +37,26 @@ def model_class(family: str) -> type[nn.Module]:
         ) from None
 
 
+def check_index(path: Path) -> None:
+    """``model.safetensors.index.json`` must say where every tensor is: each key it maps is in
+    that file, and each file it names holds only keys mapped to it.  A checkpoint whose index
+    lies (or a key stored in two shards) is ambiguous: refused, naming the key."""
+    index = Path(path) / INDEX_FILE
+    if not index.exists():
+        return
+    weight_map = json.loads(index.read_text())["weight_map"]
+    for file in sorted(set(weight_map.values())):
+        held = stored_order(Path(path) / file)
+        for name in held:
+            if weight_map.get(name) != file:
+                raise ValueError(
+                    f"checkpoint tensor {name!r} is stored in {file}, but the index maps it to "
+                    f"{weight_map.get(name)!r}"
+                )
+        for name in sorted(set(k for k, v in weight_map.items() if v == file) - set(held)):
+            raise ValueError(f"the index maps checkpoint tensor {name!r} to {file}, which does not hold it")
+
+
 class ReferenceLoader:
     name = "weightcheck reference loader"
     capabilities = Capabilities()
@@ -41,15 +65,15 @@ class ReferenceLoader:
         return model_class(arch.family)(arch, placement)
 
     def load(self, model: torch.nn.Module, checkpoint) -> set[str]:
-        """One ``load_weights`` call per checkpoint file, in index order; the union of what they
-        report (a parameter is reported once all its pieces arrived, in whichever calls)."""
-        files = getattr(checkpoint, "files", None)
+        """One ``load_weights`` call per group of the stream (per file, or wherever the
+        checkpoint splits it), as vLLM re-enters per run of names; the union of what they report
+        (a parameter is reported once all its pieces arrived, in whichever calls).  The index
+        must agree with the files it names, or nothing is loaded."""
+        check_index(checkpoint.path)
         loaded: set[str] = set()
         with load_session(model):
-            if files is None:  # a bare stream of (name, tensor)
-                return set(model.load_weights(checkpoint.weights()))
-            for file in files():
-                loaded |= set(model.load_weights(checkpoint.file_weights(file)))
+            for group in checkpoint.weight_groups():
+                loaded |= set(model.load_weights(group))
         return loaded
 
     def state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -40,11 +40,20 @@ class LoadTracker:
             ) from None
 
     def record(self, name: str, shard_id: Hashable | None = None) -> None:
-        """Note a load into ``name``; ``shard_id=None`` means the whole parameter at once."""
+        """Note a load into ``name``; ``shard_id=None`` means the whole parameter at once.
+
+        A piece loaded twice in one load (the same tensor under two names, per-expert and fused
+        forms of one expert, one key in two files) is an error: which copy is right is not ours
+        to guess."""
         param = self._params[name]
         shards = self._loaded.setdefault(self._canonical[id(param)], set())
         required = param.shard_ids or (None,)
-        shards.update(required if shard_id is None else (shard_id,))
+        arriving = set(required if shard_id is None else (shard_id,))
+        twice = arriving & shards
+        if twice:
+            what = "" if twice == {None} else f" (shard {sorted(map(str, twice))[0]})"
+            raise ValueError(f"{name}{what} is loaded a second time: the checkpoint holds it twice")
+        shards.update(arriving)
 
     def loaded(self) -> set[str]:
         complete = set()
@@ -62,7 +71,7 @@ def tracker_for(model: nn.Module) -> LoadTracker:
 
 
 @contextmanager
-def load_session(model: nn.Module) -> Iterator[LoadTracker]:
+def load_session(model: nn.Module, tracker_class: type[LoadTracker] = LoadTracker) -> Iterator[LoadTracker]:
     """One load made of several ``load_weights`` calls (one per checkpoint file): they share one
     shard record, so a fused parameter whose shards sit in different files is still complete.
 
@@ -73,7 +82,7 @@ def load_session(model: nn.Module) -> Iterator[LoadTracker]:
     reset = getattr(model, "reset_pending", None)
     if reset is not None:
         reset()
-    tracker = LoadTracker(model)
+    tracker = tracker_class(model)
     model.__dict__[SESSION_ATTR] = tracker
     try:
         yield tracker
