@@ -11,6 +11,7 @@ from .base import LoaderRaised, NotSupported, Outcome, Property, needed_tensors
 from .check_loaded import CheckLoaded
 from .checkpoint_unchanged import CheckpointUnchanged
 from .duplicate_tensor import DuplicateTensor
+from .foreign_dtype import ForeignDtype
 from .invariance import Invariance
 from .lora_equivalence import LoraEquivalence
 from .missing_tensor import MissingTensor
@@ -18,6 +19,7 @@ from .reload import Reload
 from .roundtrip import Roundtrip
 from .tracking import Tracking
 from .unexpected_tensor import UnexpectedTensor
+from .wrong_shape import WrongShape
 
 PROPERTIES: Mapping[str, Property] = MappingProxyType(
     {
@@ -34,6 +36,8 @@ PROPERTIES: Mapping[str, Property] = MappingProxyType(
             AllRanks(),
             UnexpectedTensor(),
             DuplicateTensor(),
+            WrongShape(),
+            ForeignDtype(),
         )
     }
 )

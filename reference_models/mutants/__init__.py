@@ -18,6 +18,7 @@ from . import (
     order,
     pipeline,
     reload,
+    shapes,
     tensor_parallel,
     tracking,
     unexpected,
@@ -37,6 +38,7 @@ MUTANTS: list[Mutant] = [
     *fp8.MUTANTS,
     *unexpected.MUTANTS,
     *duplicates.MUTANTS,
+    *shapes.MUTANTS,
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 if len(BY_NAME) != len(MUTANTS):

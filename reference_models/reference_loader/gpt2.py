@@ -159,6 +159,8 @@ class GPT2LMHeadModel(nn.Module):
                 if self.is_skipped(name) or self.is_on_other_rank(name):
                     continue
                 if self.needs_transpose(name):
+                    if loaded_weight.dim() != 2:
+                        raise ValueError(f"a Conv1D weight has 2 dimensions, this one {tuple(loaded_weight.shape)}")
                     loaded_weight = loaded_weight.t()
                 param = tracker.param(name)
                 param.weight_loader(param, loaded_weight)

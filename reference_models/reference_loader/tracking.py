@@ -94,11 +94,12 @@ def load_session(model: nn.Module, tracker_class: type[LoadTracker] = LoadTracke
 
 @contextmanager
 def naming(checkpoint_name: str) -> Iterator[None]:
-    """A ``ValueError`` while loading one checkpoint tensor names that tensor: "fused qkv: shape
+    """An error while loading one checkpoint tensor names that tensor: "fused qkv: shape
     (2, 6), expected (6, 2)" says what is wrong, not where."""
     try:
         yield
-    except ValueError as exc:
+    except Exception as exc:
         if checkpoint_name in str(exc):
             raise
-        raise ValueError(f"checkpoint tensor {checkpoint_name!r}: {exc}") from exc
+        kind = "" if isinstance(exc, ValueError) else f"{type(exc).__name__}: "
+        raise ValueError(f"checkpoint tensor {checkpoint_name!r}: {kind}{exc}") from exc

@@ -1,0 +1,92 @@
+"""A tensor of the wrong shape is refused, never narrowed, padded, reshaped or broadcast.
+
+One tensor this rank needs is stored with one dimension one longer or one shorter, or with one
+rank more (a leading 1) or less (flattened).  The loader raises naming it or a parameter that
+needs it, and loads the well-formed checkpoint: a loader that narrows a long tensor to its rank's
+slice, pads a short one or reshapes it to fit loads data that is not the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+from weightcheck.fixtures.adversarial import seeded_tensor, write_files
+
+from ..assertions import fail
+from .base import (
+    LoaderRaised,
+    Outcome,
+    Property,
+    context,
+    control_loads,
+    expected,
+    load_written,
+    names_any,
+    needed_tensors,
+    tensors_of,
+)
+
+
+def reshapes(shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
+    """Every wrong shape of one step from ``shape``: a dimension +-1, a rank +-1."""
+    out = []
+    for axis, size in enumerate(shape):
+        grown = list(shape)
+        grown[axis] += 1
+        out.append((f"dimension {axis} one longer", tuple(grown)))
+        if size > 1:
+            shrunk = list(shape)
+            shrunk[axis] -= 1
+            out.append((f"dimension {axis} one shorter", tuple(shrunk)))
+    out.append(("a leading dimension of 1 added", (1, *shape)))
+    if len(shape) >= 2:
+        out.append(("flattened", (math.prod(shape),)))
+    return out
+
+
+class WrongShape(Property):
+    name = "wrong_shape"
+    label = "wrong shape"
+
+    @staticmethod
+    def _targets(case) -> list[str]:
+        # per-tensor FP8 scales come as [] or [1] in real checkpoints alike: not a wrong shape
+        tensors = tensors_of(case)
+        return [n for n in needed_tensors(case) if tensors[n].dim() > 0]
+
+    def draw(self, data, case, caps):
+        tensors = tensors_of(case)
+        name = data.draw(st.sampled_from(self._targets(case)), label="tensor of the wrong shape")
+        how, shape = data.draw(st.sampled_from(reshapes(tuple(tensors[name].shape))), label="wrong shape")
+        return case, {"name": name, "how": how, "shape": list(shape)}
+
+    def replay_extras(self, case):
+        tensors = tensors_of(case)
+        name = self._targets(case)[0]
+        return [{"name": name, "how": how, "shape": list(shape)} for how, shape in reshapes(tuple(tensors[name].shape))[:2]]
+
+    def run(self, loader, case, extras):
+        name, how, shape = extras["name"], extras["how"], tuple(extras["shape"])
+        tensors = tensors_of(case)
+        dtype = str(tensors[name].dtype).removeprefix("torch.")
+        bad = {**tensors, name: seeded_tensor(name, shape, dtype, case.recipe.value_seed)}
+        headline = f"wrong shape: {name} stored as {list(shape)} ({how}; the layout needs {list(tensors[name].shape)})"
+        where = context(case, f"wrong shape: {name} {list(shape)}, {how}")
+        try:
+            load_written(loader, case, lambda path: write_files(case, path, case.recipe.files, bad), tensors)
+        except LoaderRaised as err:
+            if err.stage != "load":
+                fail(f"{headline}: loader.{err.stage} raised, so nothing was checked", [str(err)], where)
+            named = expected(case, tensors, loader).dependents(name) | {name}
+            if not names_any(err.exc, named):
+                fail(f"{headline}: load raised, but names none of {sorted(named)}", [str(err)], where)
+            control_loads(loader, case, f"{headline}: load raised naming it", err, where)
+            return Outcome("raised")
+        dependents = sorted(expected(case, tensors, loader).dependents(name))
+        fail(
+            f"{headline}: accepted without an error",
+            [f"load() returned normally; {dependents} now hold data the checkpoint does not have in that place"],
+            where,
+        )
