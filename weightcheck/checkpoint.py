@@ -65,17 +65,30 @@ class Checkpoint:
             yield self.file_weights(file)
 
     def file_weights(self, file: Path) -> Iterator[tuple[str, torch.Tensor]]:
-        """One file's ``(name, tensor)`` in stored order: for loaders that read file by file."""
-        with safe_open(str(file), framework="pt") as f:
-            for name in stored_order(file):
+        """One file's ``(name, tensor)`` in stored order: for loaders that read file by file.
+        A file that is not valid safetensors raises ``ValueError`` naming it."""
+        names = stored_order(file)
+        try:
+            handle = safe_open(str(file), framework="pt")
+        except Exception as exc:  # safetensors' own error types
+            raise ValueError(f"{Path(file).name} is not a readable safetensors file: {exc}") from exc
+        with handle as f:
+            for name in names:
                 yield name, f.get_tensor(name)
 
 
 def stored_order(file: Path) -> list[str]:
-    """Tensor names of one safetensors file in the order of their data offsets."""
+    """Tensor names of one safetensors file in the order of their data offsets; a header that
+    cannot be read raises ``ValueError`` naming the file."""
     with open(file, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
+        size = Path(file).stat().st_size
+        try:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > size - 8:
+                raise ValueError(f"its header length {length} runs past the end of the file ({size} bytes)")
+            header = json.loads(fh.read(length))
+        except (struct.error, ValueError) as exc:
+            raise ValueError(f"{Path(file).name} is not a readable safetensors file: {exc}") from exc
     header.pop("__metadata__", None)
     return sorted(header, key=lambda name: header[name]["data_offsets"][0])
 

@@ -10,6 +10,7 @@ from .all_ranks import AllRanks
 from .base import LoaderRaised, NotSupported, Outcome, Property, needed_tensors
 from .check_loaded import CheckLoaded
 from .checkpoint_unchanged import CheckpointUnchanged
+from .damaged_checkpoint import DamagedCheckpoint
 from .duplicate_tensor import DuplicateTensor
 from .foreign_dtype import ForeignDtype
 from .invariance import Invariance
@@ -38,6 +39,7 @@ PROPERTIES: Mapping[str, Property] = MappingProxyType(
             DuplicateTensor(),
             WrongShape(),
             ForeignDtype(),
+            DamagedCheckpoint(),
         )
     }
 )

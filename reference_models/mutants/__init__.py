@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import (
     checkpoint_files,
     duplicates,
+    files,
     fp8,
     gpt2,
     lora,
@@ -39,6 +40,7 @@ MUTANTS: list[Mutant] = [
     *unexpected.MUTANTS,
     *duplicates.MUTANTS,
     *shapes.MUTANTS,
+    *files.MUTANTS,
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 if len(BY_NAME) != len(MUTANTS):
