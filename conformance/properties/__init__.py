@@ -13,6 +13,7 @@ from .checkpoint_unchanged import CheckpointUnchanged
 from .damaged_checkpoint import DamagedCheckpoint
 from .duplicate_tensor import DuplicateTensor
 from .foreign_dtype import ForeignDtype
+from .hostile_stream import HostileStream
 from .invariance import Invariance
 from .lora_equivalence import LoraEquivalence
 from .missing_tensor import MissingTensor
@@ -40,6 +41,7 @@ PROPERTIES: Mapping[str, Property] = MappingProxyType(
             WrongShape(),
             ForeignDtype(),
             DamagedCheckpoint(),
+            HostileStream(),
         )
     }
 )

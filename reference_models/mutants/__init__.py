@@ -20,6 +20,7 @@ from . import (
     pipeline,
     reload,
     shapes,
+    streams,
     tensor_parallel,
     tracking,
     unexpected,
@@ -41,6 +42,7 @@ MUTANTS: list[Mutant] = [
     *duplicates.MUTANTS,
     *shapes.MUTANTS,
     *files.MUTANTS,
+    *streams.MUTANTS,
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 if len(BY_NAME) != len(MUTANTS):

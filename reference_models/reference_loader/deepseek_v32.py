@@ -128,6 +128,11 @@ class DeepseekV32ForCausalLM(LlamaForCausalLM):
     def make_layer(self, arch: Arch, placement: Placement, index: int) -> nn.Module:
         return DeepseekV32DecoderLayer(arch, placement, f"model.layers.{index}")
 
+    def hold(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A copy of a tensor kept past its turn in the stream: the stream may reuse its buffer
+        for the next tensor (zero-copy readers do), so a kept view would turn into garbage."""
+        return tensor.detach().clone()
+
     def reset_pending(self) -> None:
         """Drop halves that never met their partner (called at the start and end of a load)."""
         self._pending_wk.clear()
@@ -161,7 +166,7 @@ class DeepseekV32ForCausalLM(LlamaForCausalLM):
         if leaf not in ("weight", scale_leaf):
             raise ValueError(f"checkpoint tensor {name!r} matches no parameter of this model")
         pending = self._pending_wk.setdefault(target, {})
-        pending[leaf] = loaded_weight.detach().clone()
+        pending[leaf] = self.hold(loaded_weight)
         if "weight" in pending and scale_leaf in pending:
             halves = self._pending_wk.pop(target)
             weight = method.dequantize(
