@@ -457,10 +457,10 @@ def test_linear_forward_before_and_after_processing(tmp_path, quant):
                 assert ((got - expected).abs() <= tol).all(), name
     state = dict(model.named_parameters())
     if quant.method == "fp8_per_tensor":
-        assert state[a + "qkv_proj.weight_scale"].numel() == 1
-        assert state[a + "qkv_proj.input_scale"].numel() == 1
-        assert torch.equal(state[a + "qkv_proj.weight_scale"].reshape(()),
-                           torch.stack([t[a + f"{p}_proj.weight_scale"] for p in "qkv"]).max())
+        # in place: every shard's scale (and input scale) set to the max, shapes kept
+        top = torch.stack([t[a + f"{p}_proj.weight_scale"] for p in "qkv"]).max()
+        assert torch.equal(state[a + "qkv_proj.weight_scale"], top.expand(3))
+        assert state[a + "qkv_proj.input_scale"].unique().numel() == 1
     else:  # block: kept as is
         # rank 1: q rows [4, 8) -> 2 blocks of 3, k and v rows [2, 4) -> 2 blocks each
         assert state[a + "qkv_proj.weight_scale_inv"].shape == (2 + 2 + 2, 2)

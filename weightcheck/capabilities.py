@@ -26,6 +26,9 @@ FEATURES = (
 )
 # How the loader presents its state, not what it can load: declared, never "unsupported".
 STATE_FORMS = ("fp8_dequantized_state",)
+# Promises a loader may make, checked where a property can: ``in_place_reload``: a second load
+# into a processed model keeps every parameter's storage (``data_ptr``), as weight sync needs.
+PROMISES = ("in_place_reload",)
 
 
 class LoaderSpecError(ValueError):
@@ -55,6 +58,9 @@ class Capabilities:
     dequantise FP8 checkpoints at load (transformers on CPU): their FP8 weights are compared
     with the dequantisation definition in the model dtype, and they have no scale parameters.
 
+    ``PROMISES`` are declared the same way: ``in_place_reload`` makes the reload-after-processing
+    property also require that every parameter keeps its storage.
+
     ``placements``: for engines that cannot express every rank of every (tp, pp, ep) grid, a
     function of a ``Placement`` returning None when the engine can hold that rank, else the
     reason it cannot (e.g. vLLM's expert-parallel group is DP x TP, so ``ep_rank % tp_size``
@@ -69,12 +75,12 @@ class Capabilities:
     def __post_init__(self) -> None:
         for key in ("families", "features"):
             object.__setattr__(self, key, _names(key, getattr(self, key)))
-        known = set(FEATURES) | set(STATE_FORMS)
+        known = set(FEATURES) | set(STATE_FORMS) | set(PROMISES)
         unknown = sorted(self.families - set(FAMILY_NAMES)) + sorted(self.features - known)
         if unknown:
             raise LoaderSpecError(
                 f"capabilities name unknown families or features {unknown}; "
-                f"known families: {list(FAMILY_NAMES)}, features: {list(FEATURES + STATE_FORMS)}"
+                f"known families: {list(FAMILY_NAMES)}, features: {list(FEATURES + STATE_FORMS + PROMISES)}"
             )
         if self.placements is not None and not callable(self.placements):
             raise LoaderSpecError(

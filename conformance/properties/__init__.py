@@ -18,6 +18,7 @@ from .invariance import Invariance
 from .lora_equivalence import LoraEquivalence
 from .missing_tensor import MissingTensor
 from .reload import Reload
+from .reload_processed import ReloadAfterProcessing
 from .roundtrip import Roundtrip
 from .tracking import Tracking
 from .unexpected_tensor import UnexpectedTensor
@@ -42,6 +43,7 @@ PROPERTIES: Mapping[str, Property] = MappingProxyType(
             ForeignDtype(),
             DamagedCheckpoint(),
             HostileStream(),
+            ReloadAfterProcessing(),
         )
     }
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from weightcheck.capabilities import Capabilities
+from weightcheck.capabilities import FEATURES, PROMISES, Capabilities
 from weightcheck.arch import Arch, Placement
 from weightcheck.checkpoint import INDEX_FILE, stored_order
 from weightcheck.families import FAMILIES, resolve
@@ -59,7 +59,8 @@ def check_index(path: Path) -> None:
 
 class ReferenceLoader:
     name = "weightcheck reference loader"
-    capabilities = Capabilities()
+    # everything, and the promise that a reload into a processed model keeps the storage
+    capabilities = Capabilities(features=FEATURES + PROMISES)
 
     def build(self, arch: Arch, placement: Placement) -> torch.nn.Module:
         return model_class(arch.family)(arch, placement)

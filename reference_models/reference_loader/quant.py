@@ -192,12 +192,9 @@ class Fp8PerTensorLinearMethod(LinearMethod):
     def dequantized_weight(self, layer) -> torch.Tensor:
         out = layer.weight.data.float()
         scale = layer.weight_scale.data.float().reshape(-1)
-        if scale.numel() == 1:  # one scale for all (after process_weights_after_loading)
-            out = out * scale[0]
-        else:
-            for piece in layer.row_pieces():
-                rows = slice(piece.offset, piece.offset + piece.size)
-                out[rows] = out[rows] * scale[self._entry(layer, piece.shard)]
+        for piece in layer.row_pieces():
+            rows = slice(piece.offset, piece.offset + piece.size)
+            out[rows] = out[rows] * scale[self._entry(layer, piece.shard)]
         return out.to(layer.dtype)
 
     def dequantize(self, weight, scale, dtype, what):
@@ -207,9 +204,11 @@ class Fp8PerTensorLinearMethod(LinearMethod):
 
     @torch.no_grad()
     def process_weights_after_loading(self, layer) -> None:
-        """vLLM's FP8 post-processing: a fused layer is requantised to the max of its shard scales
-        and keeps one scale (and one input scale)."""
-        if len(layer.shard_order) < 2 or layer.weight_scale.numel() == 1:
+        """vLLM's FP8 post-processing: a fused layer is requantised to the max of its shard
+        scales, every shard's scale (and input scale) set to that max.  In place: the same
+        parameters, storage and ``weight_loader``s stay, so a second load (weight sync) writes
+        through them and processing again gives what a fresh load would (idempotent)."""
+        if len(layer.shard_order) < 2:
             return
         scales = layer.weight_scale.data.float()
         max_scale = scales.max()
@@ -218,10 +217,9 @@ class Fp8PerTensorLinearMethod(LinearMethod):
             rows = slice(piece.offset, piece.offset + piece.size)
             dq = weight[rows].float() * scales[self._entry(layer, piece.shard)]
             weight[rows] = (dq / max_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        layer.weight_scale = nn.Parameter(max_scale.clone(), requires_grad=False)
+        layer.weight_scale.data.fill_(max_scale)
         if getattr(layer, "input_scale", None) is not None:
-            input_max = layer.input_scale.data.max()
-            layer.input_scale = nn.Parameter(input_max.clone(), requires_grad=False)
+            layer.input_scale.data.fill_(layer.input_scale.data.max())
 
 
 class Fp8BlockLinearMethod(LinearMethod):
@@ -374,32 +372,29 @@ class Fp8PerTensorMoEMethod(MoEMethod):
         w13, w2 = layer.w13_weight.data.float(), layer.w2_weight.data.float()
         ip = layer.intermediate_size_per_partition
         s13 = layer.w13_weight_scale.data.float()
-        if s13.dim() == 1:  # one scale per expert after process_weights_after_loading
-            w13 = w13 * s13[:, None, None]
-        else:
-            w13[:, :ip] *= s13[:, 0, None, None]
-            w13[:, ip:] *= s13[:, 1, None, None]
+        w13[:, :ip] *= s13[:, 0, None, None]
+        w13[:, ip:] *= s13[:, 1, None, None]
         w2 = w2 * layer.w2_weight_scale.data.float().reshape(-1, 1, 1)
         return w13.to(layer.dtype), w2.to(layer.dtype)
 
     @torch.no_grad()
     def process_weights_after_loading(self, layer) -> None:
         """vLLM's per-tensor FP8 MoE post-processing: each expert's gate and up requantised to the
-        max of their two scales (one scale per expert), input scales reduced to their max."""
-        if layer.w13_weight_scale.dim() == 2:
-            scales = layer.w13_weight_scale.data.float()
-            max_scales = scales.max(dim=1).values
-            ip = layer.intermediate_size_per_partition
-            w = layer.w13_weight.data
-            for j in range(w.shape[0]):
-                for k, rows in enumerate((slice(0, ip), slice(ip, 2 * ip))):
-                    dq = w[j, rows].float() * scales[j, k]
-                    w[j, rows] = (dq / max_scales[j]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-            layer.w13_weight_scale = nn.Parameter(max_scales.clone(), requires_grad=False)
+        max of their two scales (both set to it), input scales set to their max.  In place, like
+        the linear layers' (a second load and processing equal a fresh load and processing)."""
+        scales = layer.w13_weight_scale.data.float()
+        max_scales = scales.max(dim=1).values
+        ip = layer.intermediate_size_per_partition
+        w = layer.w13_weight.data
+        for j in range(w.shape[0]):
+            for k, rows in enumerate((slice(0, ip), slice(ip, 2 * ip))):
+                dq = w[j, rows].float() * scales[j, k]
+                w[j, rows] = (dq / max_scales[j]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        layer.w13_weight_scale.data.copy_(max_scales[:, None].expand_as(layer.w13_weight_scale))
         for name in ("w13_input_scale", "w2_input_scale"):
             scale = getattr(layer, name, None)
-            if scale is not None and scale.dim() > 0:
-                setattr(layer, name, nn.Parameter(scale.data.max().clone(), requires_grad=False))
+            if scale is not None and scale.numel():
+                scale.data.fill_(scale.data.max())
 
 
 class Fp8BlockMoEMethod(MoEMethod):
