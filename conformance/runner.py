@@ -48,6 +48,23 @@ def draw_example(
     return Example(prop, case, extras)
 
 
+class _Drawer:
+    """A ``st.DataObject``-like wrapper of a composite strategy's ``draw``."""
+
+    def __init__(self, draw) -> None:
+        self._draw = draw
+
+    def draw(self, strategy, label=None):
+        return self._draw(strategy)
+
+
+@st.composite
+def examples(draw, prop: str, family: str, caps: Capabilities | None = None, device: str = "cpu") -> Example:
+    """The examples of ``prop`` for ``family``, drawn exactly as the tests draw them, as a
+    strategy (for reachability checks: ``hypothesis.find(examples(...), predicate)``)."""
+    return draw_example(_Drawer(draw), prop, family, caps or Capabilities(), device)
+
+
 def unsupported(case: Case, caps: Capabilities) -> list[str]:
     """What a case uses that the loader's capabilities exclude."""
     missing = [] if case.arch.family in caps.families else [f"family {case.arch.family}"]
