@@ -77,7 +77,7 @@ class Harness:
         with measuring(self.clock), full_report(self.verbose >= 2):
             example = draw_example(data, prop, family, self.loader.capabilities, device)
             self._within_budget(example)
-            self.record(example.case)
+            self.record(example.case, property_named(prop).input_of(example.extras))
             self.last_example[self.current] = example
             self.run(example)
 
@@ -130,7 +130,7 @@ class Harness:
         own = example.property == prop
         for extras in [example.extras] if own else prop_obj.replay_extras(example.case):
             replayed = Example(prop, example.case, extras)
-            self.record(example.case)
+            self.record(example.case, prop_obj.input_of(extras))
             self.last_example[self.current] = replayed
             with full_report(self.verbose >= 2):
                 self.run(replayed)
@@ -183,10 +183,15 @@ class Harness:
             test, message = self.adapter_error
             pytest.skip(f"adapter error, reported once (in {test}): {message}")
 
-    def record(self, case: Case) -> None:
-        """Count the example's features (and tell Hypothesis's statistics, inside a test)."""
+    def record(self, case: Case, brought: str | None = None) -> None:
+        """Count the example's features and the kind of input its property brought (and tell
+        Hypothesis's statistics, inside a test)."""
         counter = self.counts.setdefault(self.current, Counter())
         counter["examples"] += 1
+        if brought:
+            counter[f"input {brought}"] += 1
+            if currently_in_test_context():
+                event(f"input: {brought}")
         in_hypothesis = currently_in_test_context()
         for key, value in case.features().items():
             if isinstance(value, bool):

@@ -57,6 +57,13 @@ def _possible(requirement: str | None, caps: Capabilities) -> bool:
     return False
 
 
+def _input_rows() -> list[tuple[str, str, str | None]]:
+    """One row per kind of input the properties bring (judged by the property that brings it)."""
+    from .properties import PROPERTIES
+
+    return [(label, f"input {label}", None) for prop in PROPERTIES.values() for label in prop.inputs]
+
+
 def _feature_rows(caps: Capabilities) -> list[tuple[str, str, str | None]]:
     """(label, counter key, why it cannot occur with this loader or None) for every row."""
     rows = [
@@ -85,10 +92,13 @@ def matrix(records: list[TestRecord], caps: Capabilities) -> list[dict[str, Any]
     values, in a test that passed; what was drawn only by tests that failed first (or by
     tests that check no values) is "not established", never passed."""
     rows = []
-    for label, key, impossible in _feature_rows(caps):
+    for label, key, impossible in _feature_rows(caps) + _input_rows():
         drawn = sum(r.features.get(key, 0) for r in records)
+        own_verdict = key.startswith("input ")  # its own property judges it, values or not
         established = sum(
-            r.features.get(key, 0) for r in records if r.outcome == "passed" and r.checks_values
+            r.features.get(key, 0)
+            for r in records
+            if r.outcome == "passed" and (r.checks_values or own_verdict)
         )
         failed = [r.id for r in records if r.outcome == "failed" and _used(key, r.failing_features)]
         known = [r.id for r in records if r.outcome == "xfailed" and _used(key, r.failing_features)]
@@ -134,13 +144,13 @@ def write_terminal(tr, records: list[TestRecord], caps: Capabilities) -> None:
     tr.section("weightcheck: conformance matrix")
     total = sum(r.features.get("examples", 0) for r in records)
     tr.write_line(f"examples run: {total}")
-    tr.write_line(f"  {'feature':<26} {'status':<30} {'examples':>8}  failing tests / note")
+    tr.write_line(f"  {'feature':<32} {'status':<30} {'examples':>9}  failing tests / note")
     for row in matrix(records, caps):
         listed = row["failed_tests"] or [f"{t} (expected)" for t in row["known_failures"]]
         failing = ", ".join(listed[:3]) + (" ..." if len(listed) > 3 else "")
         status = row["status"].upper() if row["status"] in LOUD else row["status"]
         counted = f"{row['established']}/{row['examples']}" if row["examples"] != row["established"] else str(row["examples"])
-        tr.write_line(f"  {row['feature']:<26} {status:<30} {counted:>8}  {failing or row['note']}".rstrip())
+        tr.write_line(f"  {row['feature']:<32} {status:<30} {counted:>9}  {failing or row['note']}".rstrip())
     tr.write_line(
         "  (examples: established/drawn where they differ; established = in passed tests of "
         "properties that check values)"

@@ -57,13 +57,13 @@ def pytest_runtest_makereport(item: pytest.Item, call):
             _not_exercised(item, report, example.property if example else None)
     if report.skipped and hasattr(report, "wasxfail") and example is not None:
         # a known failure (--expect-fail): the matrix says which features it touched
-        report.user_properties.append((FAILING_PROPERTY, example.case.features()))
+        report.user_properties.append((FAILING_PROPERTY, _failing_features(example)))
     if report.failed and config.option.verbose < 2:
         _concise(report, call)
     if report.failed:
         case_file = _write_case(config, item, report, example, regression)
         if example is not None:
-            report.user_properties.append((FAILING_PROPERTY, example.case.features()))
+            report.user_properties.append((FAILING_PROPERTY, _failing_features(example)))
         if case_file is not None:
             report.user_properties.append((CASE_PROPERTY, str(case_file)))
         if failing is not None and failing.budget_spent:
@@ -74,6 +74,18 @@ def pytest_runtest_makereport(item: pytest.Item, call):
             ))
         report.sections.append(("weightcheck: replay", _replay_text(item, case_file, regression)))
     return report
+
+
+def _failing_features(example) -> dict:
+    """What the failing example used: its case's features and the input its property brought."""
+    from .properties import PROPERTIES
+
+    features = example.case.features()
+    prop = PROPERTIES.get(example.property)
+    brought = prop.input_of(example.extras) if prop is not None else None
+    if brought:
+        features[f"input {brought}"] = True
+    return features
 
 
 def _concise(report: pytest.TestReport, call) -> None:

@@ -72,6 +72,9 @@ class Property:
     lora: ClassVar[bool] = False
     max_ranks: ClassVar[int | None] = None
     not_exercised: ClassVar[str] = ""  # why no example exercised it, for the report
+    # Kinds of input the property brings (rows of the conformance matrix), and which one an
+    # example brought (from its extras).
+    inputs: ClassVar[tuple[str, ...]] = ()
 
     def skip_reason(self, family: str, loader: LoaderAdapter) -> str | None:
         """Why the property is not judged for ``family`` on this loader (None: it is)."""
@@ -100,6 +103,11 @@ class Property:
 
     def run(self, loader: LoaderAdapter, case: Case, extras: Mapping[str, Any]) -> Outcome:
         raise NotImplementedError
+
+    def input_of(self, extras: Mapping[str, Any]) -> str | None:
+        """Which of ``inputs`` an example with these extras brings (None: none)."""
+        kind = extras.get("kind")
+        return kind if kind in self.inputs else None
 
     def replay_extras(self, case: Case) -> list[dict[str, Any]]:
         """What to run a case file of another property with (it holds none of this property's

@@ -68,6 +68,10 @@ class DamagedCheckpoint(Property):
     name = "damaged_checkpoint"
     label = "damaged checkpoint"
     checks_values = False  # values only for a stale shard; the damage kinds check refusals
+    inputs = tuple(f"damaged: {k}" for k in KINDS)
+
+    def input_of(self, extras):
+        return f"damaged: {extras['kind']}" if extras.get("kind") else None
 
     def draw(self, data, case, caps):
         kind = data.draw(st.sampled_from(kinds(case)), label="kind of damage")

@@ -75,6 +75,10 @@ def _formats(case) -> tuple[str, ...]:
 class DuplicateTensor(Property):
     name = "duplicate_tensor"
     label = "duplicate tensor"
+    inputs = tuple(f"duplicate: {k}" for k in KINDS)
+
+    def input_of(self, extras):
+        return f"duplicate: {extras['kind']}" if extras.get("kind") else None
 
     def draw(self, data, case, caps):
         options = candidates(case)

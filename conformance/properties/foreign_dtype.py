@@ -34,6 +34,10 @@ from .base import (
 class ForeignDtype(Property):
     name = "foreign_dtype"
     label = "foreign dtype"
+    inputs = ("foreign dtype",)
+
+    def input_of(self, extras):
+        return self.inputs[0] if extras.get("stored_as") else None
 
     @staticmethod
     def _targets(case) -> list[str]:

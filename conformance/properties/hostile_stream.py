@@ -50,6 +50,10 @@ class HostileStream(Property):
     name = "hostile_stream"
     label = "hostile stream"
     not_exercised = "the loader reads the checkpoint files itself: it never took the weight stream"
+    inputs = ("hostile stream",)
+
+    def input_of(self, extras):
+        return self.inputs[0]
 
     def draw(self, data, case, caps):
         n = len(case.recipe.names)

@@ -68,6 +68,10 @@ class ReloadAfterProcessing(Property):
     name = "reload_processed"
     label = "reload after processing"
     hooks = ("process_weights_after_loading",)
+    inputs = ("reload after processing",)
+
+    def input_of(self, extras):
+        return self.inputs[0]
 
     def draw(self, data, case, caps):
         seeds = value_seeds().filter(lambda s: s != case.recipe.value_seed)

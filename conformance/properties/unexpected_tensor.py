@@ -126,6 +126,10 @@ def misspellings(name: str) -> list[str]:
 class UnexpectedTensor(Property):
     name = "unexpected_tensor"
     label = "unexpected tensor"
+    inputs = tuple(f"unexpected: {k}" for k in KINDS)
+
+    def input_of(self, extras):
+        return f"unexpected: {extras['kind']}" if extras.get("kind") else None
 
     def draw(self, data, case, caps):
         options = {k: v for k, v in candidates(case).items() if v}

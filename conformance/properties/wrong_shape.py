@@ -49,6 +49,11 @@ def reshapes(shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
 class WrongShape(Property):
     name = "wrong_shape"
     label = "wrong shape"
+    inputs = ("wrong shape: a dimension +-1", "wrong shape: a rank +-1")
+
+    def input_of(self, extras):
+        how = extras.get("how", "")
+        return None if not how else self.inputs[0] if "dimension" in how and "leading" not in how else self.inputs[1]
 
     @staticmethod
     def _targets(case) -> list[str]:
