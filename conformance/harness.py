@@ -32,7 +32,6 @@ from .runner import Example, draw_example, run_example, unsupported
 from .session import EXERCISED
 from .timing import Clock, measuring
 
-DEFAULT_SHRINK_BUDGET = 10.0  # seconds of shrinking per failing test (--shrink-budget)
 
 
 def _key(example: Example) -> str:
@@ -56,7 +55,7 @@ class Harness:
 
     loader: LoaderAdapter
     clock: Clock | None = None
-    shrink_budget: float | None = DEFAULT_SHRINK_BUDGET
+    shrink_budget: float | None = None  # seconds (None: shrink fully); the plugin sets it
     verbose: int = 0  # pytest's -v count: -vv shows every problem and the case as JSON
     counts: dict[str, Counter] = field(default_factory=dict)
     last_example: dict[str, Example] = field(default_factory=dict)
@@ -66,6 +65,9 @@ class Harness:
 
     def __repr__(self) -> str:  # Hypothesis prints the fixture in every falsifying example
         return f"<weightcheck harness for {self.loader.spec}>"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis's pretty printer asks this
+        printer.text(repr(self))
 
     def check(self, prop: str, data: st.DataObject, family: str, device: str = "cpu") -> None:
         """Draw one example of ``prop`` for ``family`` and run it against the loader."""

@@ -75,8 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         type=float,
         help="seconds of shrinking per failing test before the smallest example found so far is "
-        "reported (default 10; 'inf': shrink fully); a broken loader fails every test, and full "
-        "shrinking of each would take minutes",
+        "reported (default 3, 30 with the nightly profile; 'inf': shrink fully); a broken loader "
+        "fails every test, and full shrinking of each would take minutes",
     )
     group.addoption(
         "--no-adapter-defaults",
@@ -178,7 +178,7 @@ def _choose_profile(config: pytest.Config) -> str:
 def _run_options(config: pytest.Config, adapter) -> RunOptions:
     from .casefiles import CaseFileError, read_case_file
     from .expectations import ExpectationsError, parse, validate
-    from .harness import DEFAULT_SHRINK_BUDGET
+    from .profiles import DEFAULT_SHRINK_BUDGET, SHRINK_BUDGETS
     from .properties import PROPERTY_NAMES
 
     replay = config.getoption("replay")
@@ -213,7 +213,9 @@ def _run_options(config: pytest.Config, adapter) -> RunOptions:
         regressions=dirs,
         expectations=expectations,
         report_json=Path(report) if report else None,
-        shrink_budget=DEFAULT_SHRINK_BUDGET if budget is None else budget,
+        shrink_budget=SHRINK_BUDGETS.get(config.option.hypothesis_profile, DEFAULT_SHRINK_BUDGET)
+        if budget is None
+        else budget,
     )
 
 

@@ -18,6 +18,10 @@ CI_EXAMPLES = 100
 PROFILES = ("dev", "ci", "nightly")
 DEFAULT_PROFILE = "dev"
 DATABASE_PROFILES = ("nightly",)
+# Seconds of shrinking per failing test (--shrink-budget overrides): a broken loader fails every
+# test, and shrinking each in full would cost minutes; a night has the time to shrink further.
+SHRINK_BUDGETS = {"dev": 3.0, "ci": 3.0, "nightly": 30.0}
+DEFAULT_SHRINK_BUDGET = 3.0
 
 
 # Whole cases are big draws (about one data_too_large in a few hundred) and each example writes
