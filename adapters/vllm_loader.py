@@ -1,24 +1,40 @@
 """weightcheck adapter for vLLM 0.32.0 on CPU: vLLM's REAL model classes and their own
-``load_weights``, compared right after it (before ``process_weights_after_loading``).
+``load_weights``, compared right after it (before ``process_weights_after_loading``), at every
+tensor-, pipeline- and expert-parallel rank vLLM can express.
 
 Install with ``bash ci/adapters/install_vllm.sh`` and run with ``bash ci/adapters/run_vllm.sh``
-(docs/adapters/vllm.md).  Per example:
+(docs/adapters/vllm.md).
 
-- ``build(arch, placement)`` writes the suite's own ``config.json`` for ``arch``
-  (``family_spec(arch.family).config(arch)``, the dict the suite writes next to the checkpoint)
-  to a directory of this process, builds ``ModelConfig`` -> ``VllmConfig`` from it, re-creates
-  vLLM's model-parallel groups for that config (the distributed environment itself is set up
-  once per process: world size 1, gloo) and constructs the class vLLM picks for the config's
-  ``architectures`` (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``Qwen3MoeForCausalLM``,
-  ``Qwen2MoeForCausalLM``) under the config's dtype.
-- ``load(model, checkpoint)`` calls the model's own ``load_weights(checkpoint.weights())`` and
-  returns the set vLLM returns (vLLM's own tracking), renamed to the canonical layout.
-- ``state(model)`` is ``named_parameters()`` renamed to the canonical layout; values untouched.
+vLLM reads a rank's position from its ``torch.distributed`` process groups, so every rank of a
+world is a process of its own: the adapter runs vLLM in a ``weightcheck.adapters.pool.RankPool``
+(persistent rank processes forked from a forkserver that imported vLLM once, gloo on
+127.0.0.1).  A placement (tp, pp, ep) maps onto vLLM's rank layout ExternalDP x DP x PP x TP
+with DP = ep / tp when ep > 1 (vLLM's expert group is DP x TP), i.e. a world of
+``pp * tp * dp`` processes in which the placement is the rank
+``(dp_rank * pp + pp_rank) * tp + tp_rank`` with ``dp_rank = ep_rank // tp``.
 
-Only single-rank placements are supported: vLLM reads its tp/pp/ep rank from its process
-groups, which need one process per rank, so tensor, pipeline and expert parallel are declared
-unsupported (never generated).  LoRA (vLLM wraps layers only inside its LoRA model manager,
-which needs a running engine) is unsupported too.
+- ``build(arch, placement)`` runs one world run: every rank makes vLLM's model-parallel groups
+  for the configuration current (groups are created collectively the first time a world sees a
+  (tp, pp, dp, MoE) combination and reused afterwards), and the placement's rank writes the
+  suite's own ``config.json`` for ``arch`` (``family_spec(arch.family).config(arch)``), builds
+  ``ModelConfig`` -> ``ParallelConfig`` -> ``VllmConfig`` from it and constructs the class
+  vLLM picks for the config's ``architectures`` under the config's dtype.  It returns a handle
+  to that model, which lives in its rank process.
+- ``load(handle, checkpoint)`` calls the model's own ``load_weights(checkpoint.weights())`` in
+  that process and returns the set vLLM returns (vLLM's own tracking), renamed to the
+  canonical layout.
+- ``state(handle)`` is ``named_parameters()`` renamed (values untouched, sent back as bytes).
+- ``load_ranks(arch, placements, checkpoint)`` (the all-ranks hook) builds and loads every rank
+  of the world in ONE world run and returns every rank's (state, loaded set).
+- ``check_loaded(handle, loaded)`` is vLLM's own ``track_weights_loading`` (see below).
+
+Single-rank examples (tp = pp = ep = 1) go to a one-rank world of the pool too: this process
+then never imports vLLM (only the forkserver does), which saves more than the pipe costs
+(ci/pool_benchmark.py); ``WEIGHTCHECK_VLLM_SINGLE=inprocess`` builds them in this process.
+
+LoRA (vLLM wraps layers only inside its LoRA model manager, which needs a running engine) is
+unsupported.  Placements vLLM cannot express are declared through ``Capabilities.placements``
+(``placement_reason``).
 
 Two things of the standard (CUDA) wheel are bridged on CPU, neither on the loading path:
 - ``torch.ops._C.gelu_new`` (GPT-2's activation, looked up when the layer is constructed) is
@@ -34,21 +50,35 @@ Two things of the standard (CUDA) wheel are bridged on CPU, neither on the loadi
 from __future__ import annotations
 
 import atexit
+import importlib.metadata
+import importlib.util
+import itertools
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 import torch  # noqa: E402
 
-import vllm  # noqa: E402
-
 from weightcheck.capabilities import Capabilities  # noqa: E402
+
+if importlib.util.find_spec("vllm") is None:
+    raise ModuleNotFoundError("No module named 'vllm' (bash ci/adapters/install_vllm.sh)", name="vllm")
+try:
+    VLLM_VERSION = importlib.metadata.version("vllm")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+    import vllm
+
+    VLLM_VERSION = vllm.__version__
 
 VLLM_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -88,6 +118,59 @@ def _kv_cache_scale_names(module: torch.nn.Module) -> set[str]:
     return names
 
 
+# --- vLLM's rank layout ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a placement sits in vLLM's world: ExternalDP x DP x PP x (PCP) x TP, with the
+    expert group DP x TP (``enable_expert_parallel``)."""
+
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    rank: int  # this placement's rank in the world
+
+
+def layout(placement) -> Layout:
+    tp, pp = placement.tp_size, placement.pp_size
+    dp = placement.ep_size // tp if placement.ep_size > 1 else 1
+    dp_rank = placement.ep_rank // tp if placement.ep_size > 1 else 0
+    return Layout(tp * pp * dp, tp, pp, dp, (dp_rank * pp + placement.pp_rank) * tp + placement.tp_rank)
+
+
+def placement_reason(placement) -> str | None:
+    """None when vLLM 0.32 can hold this rank, else why not (``Capabilities.placements``)."""
+    tp, ep = placement.tp_size, placement.ep_size
+    if tp == 3:
+        return (
+            "vLLM pads the vocabulary to a multiple of 64 and asserts that the tp size divides "
+            "it (VocabParallelEmbedding): tp 3 fails for most vocab sizes"
+        )
+    if ep > 1:
+        if ep % tp:
+            return f"vLLM's expert group is DP x TP: ep size {ep} is not a multiple of tp size {tp}"
+        if placement.ep_rank % tp != placement.tp_rank:
+            return (
+                f"vLLM's expert group is DP x TP (ep rank = dp rank * tp + tp rank): ep rank "
+                f"{placement.ep_rank} cannot sit at tp rank {placement.tp_rank} of {tp}"
+            )
+        if placement.expert_placement == "round_robin":
+            return (
+                "vLLM 0.32 honours round_robin expert placement only for models with expert "
+                "groups (n_group > 1, e.g. DeepSeek-V3); Qwen3-MoE and Qwen2-MoE fall back to "
+                "linear with a warning"
+            )
+    return None
+
+
+# --- building, loading and reading one rank (in whichever process holds it) -----------------
+
+_GROUP_GLOBALS = ("_TP", "_ETP", "_ENGRAM_DP", "_DCP", "_PCP", "_PP", "_DP", "_EP", "_EPLB")
+MAX_GROUP_SETS = 16  # per process: the (tp, pp, dp, MoE) combinations whose groups are kept
+
+
 class VllmModel:
     """One built rank: vLLM's model and the config it was built under."""
 
@@ -97,15 +180,22 @@ class VllmModel:
 
 
 class _Runtime:
-    """What is set up once per process: imports, the CPU bridges, the distributed environment."""
+    """What is set up once per process: the CPU bridges, the distributed environment, the
+    config directories and vLLM's model-parallel groups (one set per parallel configuration)."""
 
-    def __init__(self) -> None:
-        self.initialised = False
-        self.config_root = tempfile.mkdtemp(prefix="weightcheck-vllm-configs-")
-        atexit.register(shutil.rmtree, self.config_root, ignore_errors=True)
+    def __init__(self, rank: int = 0, world_size: int = 1, config_root: str | None = None) -> None:
+        if config_root is None:
+            config_root = tempfile.mkdtemp(prefix="weightcheck-vllm-configs-")
+            atexit.register(shutil.rmtree, config_root, ignore_errors=True)
+        os.makedirs(config_root, exist_ok=True)
+        self.config_root = config_root
         self.config_dirs: dict[str, str] = {}
+        self.rank, self.world_size = rank, world_size
+        self.group_sets: "OrderedDict[tuple, dict]" = OrderedDict()
+        self.current: tuple | None = None
         self._register_cpu_gelu_new()
         self._allow_portable_cpu_moe_kernel()
+        self._init_distributed()
 
     @staticmethod
     def _register_cpu_gelu_new() -> None:
@@ -140,6 +230,23 @@ class _Runtime:
         select_or_portable._weightcheck = True
         method.select_unquantized_moe_backend = select_or_portable
 
+    def _init_distributed(self) -> None:
+        """vLLM's world group: over the pool's gloo world in a rank process (torch.distributed
+        is already initialised there), or a one-rank ``file://`` world in this process."""
+        from vllm.distributed import init_distributed_environment
+
+        method = "env://"
+        if not torch.distributed.is_initialized():
+            path = os.path.join(self.config_root, "dist-store")
+            method = f"file://{path}"
+        init_distributed_environment(
+            world_size=self.world_size,
+            rank=self.rank,
+            local_rank=self.rank,
+            distributed_init_method=method,
+            backend="gloo",
+        )
+
     def config_dir(self, config: dict) -> str:
         text = json.dumps(config, sort_keys=True)
         path = self.config_dirs.get(text)
@@ -150,28 +257,332 @@ class _Runtime:
             self.config_dirs[text] = path
         return path
 
-    def groups_for(self, vllm_config: Any) -> None:
-        """vLLM's groups for a single rank; MoE groups exist only if ``vllm_config`` is MoE."""
-        from vllm.distributed import (
-            ensure_model_parallel_initialized,
-            init_distributed_environment,
-        )
-        from vllm.distributed.parallel_state import destroy_model_parallel
+    def vllm_config(self, arch, placement) -> Any:
+        from vllm.config import ModelConfig, ParallelConfig, VllmConfig
 
-        if not self.initialised:
-            handle, path = tempfile.mkstemp(prefix="weightcheck-vllm-dist-")
-            os.close(handle)
-            os.unlink(path)
-            init_distributed_environment(
-                world_size=1,
-                rank=0,
-                local_rank=0,
-                distributed_init_method=f"file://{path}",
-                backend="gloo",
+        from weightcheck.reference_models.families import family_spec
+
+        config = family_spec(arch.family).config(arch)
+        model_config = ModelConfig(
+            model=self.config_dir(config),
+            skip_tokenizer_init=True,
+            dtype=arch.dtype,
+            max_model_len=min(128, arch.max_position_embeddings),
+        )
+        where = layout(placement)
+        parallel_config = ParallelConfig(
+            tensor_parallel_size=where.tp,
+            pipeline_parallel_size=where.pp,
+            data_parallel_size=where.dp,
+            enable_expert_parallel=placement.ep_size > 1,
+            expert_placement_strategy=placement.expert_placement,
+        )
+        return VllmConfig(model_config=model_config, parallel_config=parallel_config)
+
+    def groups_for(self, arch, placement, vllm_config=None) -> None:
+        """Make vLLM's model-parallel groups those of ``placement``'s world configuration.
+
+        vLLM's groups depend only on (tp, pp, dp) and on whether the model is MoE (the expert
+        group exists only then); they are created collectively (every rank of the world calls
+        this in the same order) the first time a combination is seen and kept, so a later
+        model of the same combination is built under the very groups vLLM would create for
+        it, without re-creating them (re-creating leaks fds and costs most of an example)."""
+        from vllm.config import set_current_vllm_config
+        from vllm.distributed import parallel_state as ps
+
+        where = layout(placement)
+        key = (where.tp, where.pp, where.dp, arch.moe is not None)
+        if key == self.current:
+            return
+        groups = self.group_sets.get(key)
+        if groups is None:
+            if vllm_config is None:
+                vllm_config = self.vllm_config(arch, placement)
+            for name in _GROUP_GLOBALS:
+                setattr(ps, name, None)
+            self.current = None
+            with set_current_vllm_config(vllm_config):
+                ps.initialize_model_parallel(where.tp, where.pp, 1, 1, "gloo")
+            groups = self.group_sets[key] = {name: getattr(ps, name, None) for name in _GROUP_GLOBALS}
+            while len(self.group_sets) > MAX_GROUP_SETS:
+                _, old = self.group_sets.popitem(last=False)
+                _destroy_groups(old)
+        else:
+            self.group_sets.move_to_end(key)
+        for name, group in groups.items():
+            setattr(ps, name, group)
+        self.current = key
+
+    def build(self, arch, placement) -> VllmModel:
+        from vllm.config import set_current_vllm_config
+        from vllm.distributed import parallel_state as ps
+        from vllm.model_executor.model_loader.utils import get_model_architecture
+        from vllm.model_executor.models import utils as model_utils
+        from vllm.utils.torch_utils import set_default_torch_dtype
+
+        if arch.lora is not None:
+            raise NotImplementedError("this adapter does not support LoRA wrapping")
+        reason = placement_reason(placement)
+        if reason is not None:
+            raise NotImplementedError(reason)
+        where = layout(placement)
+        if (where.world_size, where.rank) != (self.world_size, self.rank):
+            raise RuntimeError(
+                f"placement {placement} is rank {where.rank} of a world of {where.world_size}, "
+                f"but this process is rank {self.rank} of {self.world_size}"
             )
-            self.initialised = True
-        destroy_model_parallel()
-        ensure_model_parallel_initialized(1, 1)
+        vllm_config = self.vllm_config(arch, placement)
+        if vllm_config.model_config.is_moe != (arch.moe is not None):
+            raise RuntimeError(f"vLLM's is_moe is {vllm_config.model_config.is_moe} for {arch.family}")
+        partition = ",".join(map(str, placement.layer_partition))
+        default = _vllm_default_partition(arch.num_layers, placement.pp_size)
+        if placement.pp_size > 1 and tuple(placement.layer_partition) != default:
+            os.environ["VLLM_PP_LAYER_PARTITION"] = partition
+        else:  # vLLM's own default partition (get_pp_indices), checked against the suite's
+            os.environ.pop("VLLM_PP_LAYER_PARTITION", None)
+        with set_current_vllm_config(vllm_config):
+            self.groups_for(arch, placement, vllm_config)
+            _check_ranks(ps, placement)
+            model_cls, arch_name = get_model_architecture(vllm_config.model_config)
+            if arch_name != VLLM_ARCHITECTURES[arch.family]:
+                raise RuntimeError(f"vLLM chose {arch_name} for {arch.family}")
+            # vLLM caches PP-missing layer names by id(model), never evicted: ids are reused
+            model_utils._model_to_pp_missing_layer_names.clear()
+            with set_default_torch_dtype(vllm_config.model_config.dtype), torch.device("cpu"):
+                module = model_cls(vllm_config=vllm_config)
+        return VllmModel(module, vllm_config)
+
+    def close(self) -> None:
+        from vllm.distributed import parallel_state as ps
+
+        for name in _GROUP_GLOBALS:
+            setattr(ps, name, None)
+        while self.group_sets:
+            _destroy_groups(self.group_sets.popitem()[1])
+        self.current = None
+        ps.destroy_distributed_environment()
+
+
+def _vllm_default_partition(num_layers: int, pp_size: int) -> tuple[int, ...]:
+    """What the suite calls vLLM's default partition (strategies/placements.py): when the drawn
+    partition is this one, vLLM is left to compute its own."""
+    parts = [num_layers // pp_size] * pp_size
+    for i in range(2, num_layers % pp_size + 2):
+        parts[-i] += 1
+    return tuple(parts)
+
+
+def _check_ranks(ps, placement) -> None:
+    """The groups say this process is the placement's rank (else the layout above is wrong)."""
+    got = (ps.get_tp_group().rank_in_group, ps.get_pp_group().rank_in_group)
+    want = (placement.tp_rank, placement.pp_rank)
+    if placement.ep_size > 1:
+        got += (ps.get_ep_group().rank_in_group, ps.get_ep_group().world_size)
+        want += (placement.ep_rank, placement.ep_size)
+    if got != want:
+        raise RuntimeError(f"vLLM's groups put this process at {got}, the placement is {want}")
+
+
+def _destroy_groups(groups: dict) -> None:
+    seen = set()
+    for group in groups.values():
+        if group is not None and id(group) not in seen:
+            seen.add(id(group))
+            group.destroy()
+
+
+def load_model(model: VllmModel, checkpoint) -> set[str]:
+    from vllm.config import set_current_vllm_config
+
+    with set_current_vllm_config(model.vllm_config), torch.no_grad():
+        loaded = model.module.load_weights(checkpoint.weights())
+    return canonical_names(loaded)
+
+
+def model_state(model: VllmModel) -> dict[str, torch.Tensor]:
+    kv_cache_scales = _kv_cache_scale_names(model.module)
+    return {
+        canonical_name(n): p
+        for n, p in model.module.named_parameters()
+        if n not in kv_cache_scales
+    }
+
+
+def check_model_loaded(model: VllmModel, loaded: set[str] | None) -> None:
+    """vLLM's OWN completeness check, ``DefaultModelLoader.track_weights_loading``, called as
+    ``DefaultModelLoader.load_weights`` calls it (``quantized`` iff the model config has a
+    quantization method) on the real model, with ``loaded`` translated back to vLLM's names.
+    Its error names vLLM parameters; the canonical names of those it names are appended (only
+    ``routed_experts`` differs), nothing else is changed or decided here."""
+    from vllm.config import LoadConfig, set_current_vllm_config
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    runtime_names = [n for n, _ in model.module.named_parameters()]
+    to_vllm = {canonical_name(n): n for n in runtime_names}
+    vllm_loaded = None if loaded is None else {to_vllm.get(n, n) for n in loaded}
+    checker = DefaultModelLoader(LoadConfig())
+    quantized = model.vllm_config.model_config.quantization is not None
+    try:
+        with set_current_vllm_config(model.vllm_config):
+            checker.track_weights_loading(model.module, vllm_loaded, quantized=quantized)
+    except ValueError as exc:
+        message = str(exc)
+        renamed = sorted(
+            canonical_name(n)
+            for n in runtime_names
+            if canonical_name(n) != n and re.search(re.escape(n) + r"(?![\w.])", message)
+        )
+        if not renamed:
+            raise
+        raise ValueError(f"{message} (canonical names: {renamed})") from exc
+
+
+# --- the rank processes ---------------------------------------------------------------------
+
+MAX_MODELS = 8  # models a rank process keeps for live handles (the oldest go first)
+
+# What the forkserver imports once, so that every rank process starts with vLLM imported.
+PRELOAD = (
+    "torch",
+    "torch.distributed",
+    "vllm",
+    "vllm.config",
+    "vllm.distributed",
+    "vllm.distributed.parallel_state",
+    "vllm.model_executor.model_loader",
+    "vllm.model_executor.model_loader.default_loader",
+    "vllm.model_executor.models.llama",
+    "vllm.model_executor.models.gpt2",
+    "vllm.model_executor.models.qwen2_moe",
+    "vllm.model_executor.models.qwen3_moe",
+    "vllm.model_executor.layers.fused_moe",
+    "weightcheck.reference_models.families",
+    "weightcheck.adapters.vllm_loader",
+)
+
+
+class RankEngine:
+    """One rank process's side of the adapter (the pool's engine): requests are dicts with an
+    ``op``; models built for handles are kept by key until freed."""
+
+    def __init__(self, rank: int, world_size: int, scratch: str):
+        os.environ["VLLM_RPC_BASE_PATH"] = scratch  # vLLM's IPC sockets: removed with the world
+        self.runtime = _Runtime(rank, world_size, os.path.join(scratch, "configs"))
+        self.models: "OrderedDict[int, VllmModel]" = OrderedDict()
+        self.timings: dict[str, list[float]] = {}  # op -> [seconds, count] (ci/pool_benchmark.py)
+
+    def handle(self, request: dict) -> Any:
+        if request["op"] == "timings":  # what this rank spent on each kind of request, reset
+            timings, self.timings = self.timings, {}
+            return timings
+        start = time.perf_counter()
+        try:
+            return self._handle(request)
+        finally:
+            kind = request["op"]
+            if kind in ("build", "load_ranks") and not request.get("active"):
+                kind = "groups"  # a rank that only takes part in the groups of another's build
+            entry = self.timings.setdefault(kind, [0.0, 0])
+            entry[0] += time.perf_counter() - start
+            entry[1] += 1
+
+    def _handle(self, request: dict) -> Any:
+        for key in request.get("free", ()):
+            self.models.pop(key, None)
+        op = request["op"]
+        if op == "build":
+            if request["active"]:
+                model = self.runtime.build(request["arch"], request["placement"])
+                self.models[request["key"]] = model
+                while len(self.models) > MAX_MODELS:
+                    self.models.popitem(last=False)
+            else:
+                self.runtime.groups_for(request["arch"], request["placement"])
+            return None
+        if op == "load_ranks":
+            if request["active"]:
+                model = self.runtime.build(request["arch"], request["placement"])
+                loaded = load_model(model, request["checkpoint"])
+                return model_state(model), loaded, _counters(request["checkpoint"])
+            self.runtime.groups_for(request["arch"], request["placement"])
+            return None
+        if op == "noop":
+            return None
+        model = self.models.get(request["key"])
+        if model is None:
+            raise RuntimeError(
+                f"this rank no longer holds the model (more than {MAX_MODELS} were built since, "
+                "or it was freed); build it again"
+            )
+        if op == "load":
+            return load_model(model, request["checkpoint"]), _counters(request["checkpoint"])
+        if op == "state":
+            return model_state(model)
+        if op == "check_loaded":
+            return check_model_loaded(model, request["loaded"])
+        raise ValueError(f"unknown request {op!r}")
+
+    def close(self) -> None:
+        self.models.clear()
+        self.runtime.close()
+
+
+class _Weights:
+    """A checkpoint that cannot be sent to a rank process as it is (not picklable): its
+    ``weights()`` read here, in order, and sent as data; ``path`` and ``config`` kept."""
+
+    def __init__(self, checkpoint):
+        self.path = getattr(checkpoint, "path", None)
+        self.config = getattr(checkpoint, "config", None)
+        self.pairs = list(checkpoint.weights())
+
+    def weights(self):
+        return iter(self.pairs)
+
+
+def _counters(obj) -> dict[str, int | float]:
+    """The plain numeric attributes of a checkpoint object (e.g. how much of its stream was
+    consumed, which the suite's HostileCheckpoint counts)."""
+    try:
+        items = vars(obj).items()
+    except TypeError:
+        return {}
+    return {k: v for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _sync_counters(original, copies: list[dict]) -> None:
+    """A checkpoint object travels to the rank processes as a copy: its numeric attributes
+    changed there (counts of what was read) are added back to the caller's object."""
+    before = _counters(original)
+    for key, value in before.items():
+        delta = sum(c.get(key, value) - value for c in copies)
+        if delta:
+            setattr(original, key, value + delta)
+
+
+def _portable(checkpoint):
+    from weightcheck.adapters.pool import _dumps
+    from weightcheck.checkpoint import Checkpoint
+
+    if type(checkpoint) is Checkpoint:
+        return checkpoint
+    try:
+        _dumps(checkpoint)
+        return checkpoint
+    except Exception:
+        return _Weights(checkpoint)
+
+
+class PoolModel:
+    """A handle to a model living in a rank process of the pool."""
+
+    def __init__(self, loader: "VllmLoader", world, rank: int, key: int, placement):
+        self.world, self.generation, self.rank, self.key = world, world.generation, rank, key
+        self.placement = placement
+        weakref.finalize(self, loader._forget, world.size, self.generation, rank, key)
+
+    def __repr__(self) -> str:
+        return f"<vLLM model {self.key} at rank {self.rank} of a world of {self.world.size}>"
 
 
 def features(environ=os.environ) -> set[str]:
@@ -179,98 +590,193 @@ def features(environ=os.environ) -> set[str]:
     refuses FP8 for float32 models and the suite's random profile draws float32 FP8 cases, so
     FP8 runs on the bf16 case files only (ci/adapters/run_vllm_fp8.sh, docs/adapters/vllm.md).
     FP8 block-wise is never declared: vLLM 0.32 finds no CPU kernel without AMX at construction."""
-    declared = {"tied_embeddings", "attention_bias", "sharded_checkpoint", "fused_expert_checkpoint"}
+    declared = {
+        "tensor_parallel",
+        "pipeline_parallel",
+        "expert_parallel",
+        "tied_embeddings",
+        "attention_bias",
+        "sharded_checkpoint",
+        "fused_expert_checkpoint",
+    }
     if environ.get("WEIGHTCHECK_VLLM_FP8") == "1":
         declared.add("fp8_per_tensor")
     return declared
 
 
 class VllmLoader:
-    name = f"vllm {vllm.__version__} (CPU)"
-    capabilities = Capabilities(families=set(VLLM_ARCHITECTURES), features=features())
+    name = f"vllm {VLLM_VERSION} (CPU)"
+    capabilities = Capabilities(
+        families=set(VLLM_ARCHITECTURES), features=features(), placements=placement_reason
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, single: str | None = None) -> None:
         self._runtime: _Runtime | None = None
+        self._pool = None
+        self._keys = itertools.count(1)
+        self._free: dict[tuple[int, int, int], list[int]] = {}
+        self.single = single or os.environ.get("WEIGHTCHECK_VLLM_SINGLE", "pool")
+        if self.single not in ("inprocess", "pool"):
+            raise ValueError(f"WEIGHTCHECK_VLLM_SINGLE must be inprocess or pool, not {self.single!r}")
+
+    # -- where ranks live
 
     @property
     def runtime(self) -> _Runtime:
+        """This process's own one-rank vLLM (single-rank examples)."""
         if self._runtime is None:
             self._runtime = _Runtime()
         return self._runtime
 
-    def build(self, arch, placement) -> VllmModel:
-        from weightcheck.reference_models.families import family_spec
-        from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
-        from vllm.model_executor.model_loader.utils import get_model_architecture
-        from vllm.utils.torch_utils import set_default_torch_dtype
+    @property
+    def pool(self):
+        if self._pool is None:
+            from weightcheck.adapters.pool import RankPool
 
-        if (placement.tp_size, placement.pp_size, placement.ep_size) != (1, 1, 1):
-            raise NotImplementedError(
-                "this adapter runs one rank in one process: tensor, pipeline and expert "
-                "parallel are not supported"
+            self._pool = RankPool(
+                f"{__name__}:RankEngine",
+                preload=PRELOAD,
+                env={
+                    "VLLM_TARGET_DEVICE": "cpu",
+                    "HF_HUB_OFFLINE": "1",
+                    "VLLM_HOST_IP": "127.0.0.1",
+                    "OMP_NUM_THREADS": "1",
+                },
+                threads=1,
+                name="weightcheck-vllm",
             )
+        return self._pool
+
+    def _in_process(self, where: Layout) -> bool:
+        return where.world_size == 1 and self.single == "inprocess"
+
+    def _forget(self, size: int, generation: int, rank: int, key: int) -> None:
+        self._free.setdefault((size, generation, rank), []).append(key)
+
+    def _frees(self, world, rank: int) -> list[int]:
+        return self._free.pop((world.size, world.generation, rank), [])
+
+    def _requests(self, world, make) -> list[dict]:
+        for stale in [k for k in self._free if k[0] == world.size and k[1] != world.generation]:
+            del self._free[stale]
+        return [{**make(rank), "free": self._frees(world, rank)} for rank in range(world.size)]
+
+    def _call(self, model: PoolModel, request: dict) -> Any:
+        from weightcheck.adapters.pool import RankFailed
+
+        request["key"] = model.key
+        request["free"] = self._frees(model.world, model.rank)
+        try:
+            return model.world.call(model.rank, request, generation=model.generation)
+        except RankFailed as err:
+            raise err.exception() from None
+
+    # -- the protocol
+
+    def build(self, arch, placement) -> VllmModel | PoolModel:
+        from weightcheck.adapters.pool import RankFailed
+
         if arch.lora is not None:
             raise NotImplementedError("this adapter does not support LoRA wrapping")
-        runtime = self.runtime
-        config = family_spec(arch.family).config(arch)
-        model_config = ModelConfig(
-            model=runtime.config_dir(config),
-            skip_tokenizer_init=True,
-            dtype=arch.dtype,
-            max_model_len=min(128, arch.max_position_embeddings),
-        )
-        vllm_config = VllmConfig(model_config=model_config)
-        with set_current_vllm_config(vllm_config):
-            runtime.groups_for(vllm_config)
-            model_cls, arch_name = get_model_architecture(model_config)
-            if arch_name != VLLM_ARCHITECTURES[arch.family]:
-                raise RuntimeError(f"vLLM chose {arch_name} for {arch.family}")
-            with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
-                module = model_cls(vllm_config=vllm_config)
-        return VllmModel(module, vllm_config)
+        reason = placement_reason(placement)
+        if reason is not None:
+            raise NotImplementedError(reason)
+        where = layout(placement)
+        if self._in_process(where):
+            return self.runtime.build(arch, placement)
+        world = self.pool.world(where.world_size)
+        key = next(self._keys)
 
-    def load(self, model: VllmModel, checkpoint) -> set[str]:
-        from vllm.config import set_current_vllm_config
+        def request(rank):
+            return {"op": "build", "key": key, "arch": arch, "placement": placement, "active": rank == where.rank}
 
-        with set_current_vllm_config(model.vllm_config), torch.no_grad():
-            loaded = model.module.load_weights(checkpoint.weights())
-        return canonical_names(loaded)
+        results = world.run(self._requests(world, request))
+        failed = [r for r in results if isinstance(r, RankFailed)]
+        if failed:
+            own = [r for r in failed if r.rank == where.rank]
+            raise (own or failed)[0].exception()
+        return PoolModel(self, world, where.rank, key, placement)
 
-    def state(self, model: VllmModel) -> dict[str, torch.Tensor]:
-        kv_cache_scales = _kv_cache_scale_names(model.module)
-        return {
-            canonical_name(n): p
-            for n, p in model.module.named_parameters()
-            if n not in kv_cache_scales
-        }
+    def load(self, model, checkpoint) -> set[str]:
+        if isinstance(model, PoolModel):
+            loaded, counters = self._call(model, {"op": "load", "checkpoint": _portable(checkpoint)})
+            _sync_counters(checkpoint, [counters])
+            return loaded
+        return load_model(model, checkpoint)
 
-    def check_loaded(self, model: VllmModel, loaded: set[str] | None) -> None:
-        """vLLM's OWN completeness check, ``DefaultModelLoader.track_weights_loading``, called
-        as ``DefaultModelLoader.load_weights`` calls it (``quantized`` iff the model config has
-        a quantization method) on the real model, with ``loaded`` translated back to vLLM's
-        names.  Its error names vLLM parameters; the canonical names of those it names are
-        appended (only ``routed_experts`` differs), nothing else is changed or decided here."""
-        from vllm.config import LoadConfig, set_current_vllm_config
-        from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+    def state(self, model) -> dict[str, torch.Tensor]:
+        if isinstance(model, PoolModel):
+            return self._call(model, {"op": "state"})
+        return model_state(model)
 
-        runtime_names = [n for n, _ in model.module.named_parameters()]
-        to_vllm = {canonical_name(n): n for n in runtime_names}
-        vllm_loaded = None if loaded is None else {to_vllm.get(n, n) for n in loaded}
-        checker = DefaultModelLoader(LoadConfig())
-        quantized = model.vllm_config.model_config.quantization is not None
-        try:
-            with set_current_vllm_config(model.vllm_config):
-                checker.track_weights_loading(model.module, vllm_loaded, quantized=quantized)
-        except ValueError as exc:
-            message = str(exc)
-            renamed = sorted(
-                canonical_name(n)
-                for n in runtime_names
-                if canonical_name(n) != n and re.search(re.escape(n) + r"(?![\w.])", message)
+    def check_loaded(self, model, loaded: set[str] | None) -> None:
+        if isinstance(model, PoolModel):
+            return self._call(model, {"op": "check_loaded", "loaded": loaded})
+        return check_model_loaded(model, loaded)
+
+    def load_ranks(self, arch, placements, checkpoint) -> list:
+        """Build and load every given rank of one world in one world run: each rank's
+        ``(state, loaded)``, or the exception it raised, in the order given."""
+        from weightcheck.adapters.pool import RankFailed
+
+        placements = list(placements)
+        out: list[Any] = [None] * len(placements)
+        at_rank: dict[int, int] = {}
+        sizes = set()
+        for i, placement in enumerate(placements):
+            reason = placement_reason(placement) or (
+                "this adapter does not support LoRA wrapping" if arch.lora is not None else None
             )
-            if not renamed:
-                raise
-            raise ValueError(f"{message} (canonical names: {renamed})") from exc
+            if reason is not None:
+                out[i] = NotImplementedError(reason)
+                continue
+            where = layout(placement)
+            sizes.add(where.world_size)
+            at_rank[where.rank] = i
+        if not at_rank:
+            return out
+        if len(sizes) != 1:
+            raise ValueError(f"the placements are ranks of worlds of different sizes {sorted(sizes)}")
+        (size,) = sizes
+        if size == 1 and self.single == "inprocess":
+            for i in at_rank.values():
+                try:
+                    model = self.runtime.build(arch, placements[i])
+                    loaded = load_model(model, checkpoint)
+                    out[i] = (model_state(model), loaded)
+                except Exception as exc:
+                    out[i] = exc
+            return out
+        world = self.pool.world(size)
+        first = placements[next(iter(at_rank.values()))]
+        original, checkpoint = checkpoint, _portable(checkpoint)
+
+        def request(rank):
+            i = at_rank.get(rank)
+            return {
+                "op": "load_ranks",
+                "arch": arch,
+                "placement": first if i is None else placements[i],
+                "active": i is not None,
+                "checkpoint": checkpoint,
+            }
+
+        results = world.run(self._requests(world, request))
+        counters = []
+        for rank, i in at_rank.items():
+            result = results[rank]
+            if isinstance(result, RankFailed):
+                out[i] = result.exception()
+            else:
+                out[i] = result[:2]
+                counters.append(result[2])
+        _sync_counters(original, counters)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 loader = VllmLoader()

@@ -1,5 +1,6 @@
-"""The vLLM adapter's name mapping and a tiny build + load (skipped without vllm installed:
-``bash ci/adapters/install_vllm.sh``, then put its directory on PYTHONPATH)."""
+"""The vLLM adapter's name mapping, rank layout, and tiny builds + loads at one and several
+ranks through the rank pool (skipped without vllm installed: ``bash ci/adapters/install_vllm.sh``,
+then put its directory on PYTHONPATH)."""
 
 import pytest
 import torch
@@ -40,12 +41,174 @@ def test_canonical_names_of_a_set():
     }
 
 
-def test_capabilities_are_single_rank_without_lora():
+def test_capabilities_are_every_parallelism_without_lora():
     caps = vllm_loader.loader.capabilities
     assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"} <= set(FAMILY_NAMES)
     assert caps.features <= set(FEATURES)
-    assert not caps.features & {"tensor_parallel", "pipeline_parallel", "expert_parallel", "lora"}
+    assert {"tensor_parallel", "pipeline_parallel", "expert_parallel"} <= caps.features
+    assert "lora" not in caps.features
+    assert caps.placements is vllm_loader.placement_reason
     assert vllm_loader.loader.name.startswith("vllm ")
+
+
+def _placement(tp=1, tp_rank=0, pp=1, pp_rank=0, ep=1, ep_rank=0, kind="linear", layers=4):
+    from weightcheck.arch import Placement
+
+    parts = [layers // pp] * pp
+    parts[-1] += layers - sum(parts)
+    return Placement(tuple(parts), tp, tp_rank, pp, pp_rank, ep, ep_rank, kind)
+
+
+@pytest.mark.parametrize(
+    "placement, world, rank",
+    [
+        (_placement(), 1, 0),
+        (_placement(tp=2, tp_rank=1), 2, 1),
+        (_placement(pp=2, pp_rank=1), 2, 1),
+        (_placement(tp=2, tp_rank=1, pp=2, pp_rank=1), 4, 3),
+        (_placement(tp=2, tp_rank=0, pp=2, pp_rank=1), 4, 2),
+        (_placement(ep=2, ep_rank=1), 2, 1),  # EP 2 = DP 2 x TP 1
+        (_placement(tp=2, tp_rank=1, ep=2, ep_rank=1), 2, 1),  # EP 2 = DP 1 x TP 2
+        (_placement(tp=2, tp_rank=1, ep=4, ep_rank=3), 4, 3),  # EP 4 = DP 2 x TP 2
+        (_placement(tp=2, tp_rank=0, ep=4, ep_rank=2, pp=2, pp_rank=1), 8, 6),
+        (_placement(tp=4, tp_rank=3, pp=4, pp_rank=3), 16, 15),
+    ],
+)
+def test_rank_layout_is_vllms(placement, world, rank):
+    """ExternalDP x DP x PP x TP, EP = DP x TP: world rank = (dp * pp + pp_rank) * tp + tp_rank."""
+    where = vllm_loader.layout(placement)
+    assert (where.world_size, where.rank) == (world, rank)
+    assert vllm_loader.placement_reason(placement) is None
+
+
+@pytest.mark.parametrize(
+    "placement, reason",
+    [
+        (_placement(tp=3, tp_rank=1), "multiple of 64"),
+        (_placement(tp=2, tp_rank=0, ep=3, ep_rank=0), "not a multiple of tp size"),
+        (_placement(tp=4, tp_rank=0, ep=2, ep_rank=0), "not a multiple of tp size"),
+        (_placement(tp=2, tp_rank=1, ep=2, ep_rank=0), "cannot sit at tp rank 1"),
+        (_placement(ep=2, ep_rank=1, kind="round_robin"), "round_robin"),
+    ],
+)
+def test_placements_vllm_cannot_express(placement, reason):
+    assert reason in vllm_loader.placement_reason(placement)
+    with pytest.raises(NotImplementedError, match=reason):
+        vllm_loader.loader.build(_tiny_moe(), placement)
+
+
+def test_round_robin_without_expert_parallel_is_held():
+    assert vllm_loader.placement_reason(_placement(tp=2, tp_rank=1, kind="round_robin")) is None
+
+
+def _tiny_moe(**kwargs):
+    from weightcheck.arch import Arch, MoE
+
+    return Arch("qwen3_moe", 16, 4, 4, 2, 4, 8, 40, moe=MoE(4, 2, 8), **kwargs)
+
+
+def _case(arch, placement, fmt="per_expert"):
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    return Case(arch, placement, CheckpointRecipe(0, [sorted(checkpoint_specs(arch, fmt))], fmt))
+
+
+def _problems(case, state, loaded):
+    """What the oracle says is wrong with one rank's state and loaded set."""
+    from weightcheck.conformance.assertions import state_mismatches
+    from weightcheck.fixtures.materialize import case_tensors
+    from weightcheck.reference_models.oracle import expected_state
+    from weightcheck.reference_models.oracle.expected import checkpoint_shapes
+
+    fmt = case.recipe.format
+    exp = expected_state(case.arch, case.placement, case_tensors(case), fmt, False)
+    problems = state_mismatches(state, exp, checkpoint_shapes(case.arch, fmt))
+    if loaded != set(exp.tracked):
+        problems.append(f"tracked {sorted(loaded ^ set(exp.tracked))}")
+    return problems
+
+
+@pytest.mark.parametrize(
+    "family, placement",
+    [
+        ("llama", _placement(tp=2, tp_rank=1)),
+        ("llama", _placement(tp=2, tp_rank=0, pp=2, pp_rank=1)),
+        ("qwen3_moe", _placement(tp=2, tp_rank=1)),  # experts split over tp
+        ("qwen3_moe", _placement(ep=2, ep_rank=1)),  # experts split over ep (DP 2)
+        ("qwen3_moe", _placement(tp=2, tp_rank=1, ep=4, ep_rank=3)),
+    ],
+)
+def test_one_rank_of_a_world_holds_its_slice(family, placement):
+    """build -> load -> load (reload) -> state on a handle whose model lives in a pool rank."""
+    from weightcheck.arch import Arch
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+
+    arch = _tiny_moe() if family == "qwen3_moe" else Arch("llama", 16, 4, 4, 2, 4, 8, 40)
+    case = _case(arch, placement)
+    loader = vllm_loader.loader
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        model = loader.build(arch, placement)
+        assert isinstance(model, vllm_loader.PoolModel)
+        assert model.world.size == vllm_loader.layout(placement).world_size
+        loader.load(model, checkpoint)
+        loaded = loader.load(model, checkpoint)
+        state = loader.state(model)
+    assert _problems(case, state, loaded) == []
+    loader.check_loaded(model, loaded)
+
+
+def test_load_ranks_loads_a_whole_world_in_one_run():
+    """tp 2 x ep 4 (DP 2): the four ranks vLLM can hold of the 8-rank (tp, ep) grid."""
+    from weightcheck.conformance.properties.all_ranks import ranks
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+
+    arch = _tiny_moe()
+    placements = ranks(_placement(tp=2, ep=4), vllm_loader.loader.capabilities)
+    assert [(p.tp_rank, p.ep_rank) for p in placements] == [(0, 0), (0, 2), (1, 1), (1, 3)]
+    case = _case(arch, placements[0])
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        runs = vllm_loader.loader._pool.world(4).stats.runs if vllm_loader.loader._pool else 0
+        results = vllm_loader.loader.load_ranks(arch, placements, checkpoint)
+    assert vllm_loader.loader.pool.world(4).stats.runs == runs + 1
+    for placement, (state, loaded) in zip(placements, results):
+        assert _problems(_case(arch, placement), state, loaded) == [], placement
+
+
+def test_load_ranks_returns_each_ranks_exception():
+    """vLLM refuses tp > num_experts for Qwen3-MoE: every rank's error comes back, in order."""
+    from dataclasses import replace
+
+    from weightcheck.arch import MoE
+    from weightcheck.conformance.properties.all_ranks import ranks
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+
+    arch = replace(_tiny_moe(), moe=MoE(1, 1, 8))
+    placements = ranks(_placement(tp=2), vllm_loader.loader.capabilities)
+    with scratch_dir() as path:
+        checkpoint = write_case(_case(arch, placements[0]), path)
+        results = vllm_loader.loader.load_ranks(arch, placements, checkpoint)
+    assert [type(r) for r in results] == [ValueError, ValueError]
+    assert "greater than the number of experts" in str(results[1])
+
+
+def test_single_rank_in_this_process():
+    """WEIGHTCHECK_VLLM_SINGLE=inprocess: one-rank models are built in this process."""
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    arch = _tiny_moe()
+    case = _case(arch, _placement())
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        model = loader.build(arch, case.placement)
+        assert isinstance(model, vllm_loader.VllmModel)
+        loaded = loader.load(model, checkpoint)
+        state = loader.state(model)
+    assert _problems(case, state, loaded) == []
+    assert loader._pool is None
 
 
 def test_moe_build_and_load_maps_expert_names():
@@ -173,3 +336,27 @@ def test_fp8_per_tensor_llama_loads_bytes_and_per_shard_scales():
     assert not any(n.endswith(("attn.k_scale", "attn.q_scale")) for n in state)
     assert set(state) == loaded
     vllm_loader.loader.check_loaded(model, loaded)
+
+
+def test_a_stream_consumed_in_a_rank_process_is_counted_here():
+    """The checkpoint object travels to the rank process as a copy; what its stream counted
+    there (the suite's HostileCheckpoint: ``consumed``) is added back to the caller's object,
+    and a stream that poisons every tensor once the next is asked for still loads exactly."""
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.fixtures.streams import HostileCheckpoint
+
+    arch = _tiny_moe()
+    placement = _placement(tp=2, tp_rank=1)
+    case = _case(arch, placement)
+    with scratch_dir() as path:
+        stream = HostileCheckpoint(write_case(case, path))
+        model = vllm_loader.loader.build(arch, placement)
+        loaded = vllm_loader.loader.load(model, stream)
+        assert stream.consumed == len(case.recipe.names)
+        state = vllm_loader.loader.state(model)
+        ranks = [_placement(tp=2, tp_rank=r) for r in range(2)]
+        again = HostileCheckpoint(write_case(case, path))
+        results = vllm_loader.loader.load_ranks(arch, ranks, again)
+        assert again.consumed == 2 * len(case.recipe.names)
+    assert _problems(case, state, loaded) == []
+    assert _problems(case, *results[1]) == []
