@@ -139,5 +139,82 @@ def test_installed_next_to_pypi_fixtures_and_an_engine_repository(env, tmp_path)
     # the engine's 2 tests, roundtrip for 5 families and the regression cases' roundtrip runs
     assert passed >= 2 + 5 + 7, result.stdout[-3000:]
 
-    run([*env["pip"], "uninstall", "-y", "-q", "weightcheck"], env=environ)
-    run([python, "-c", "import fixtures; fixtures.Fixture"], cwd=tmp_path, env=environ)
+
+ENGINE_CONFIG = """
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+addopts = "--strict-markers"
+filterwarnings = ["error"]
+markers = ["slow: the engine's own marker"]
+"""
+TINY = "from hypothesis import settings\nsettings.register_profile('tiny', max_examples=3, derandomize=True, database=None, deadline=None)\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Path:
+    """An engine repository as a maintainer has one: its own pytest config (testpaths,
+    --strict-markers, warnings as errors), a conftest.py, tests of its own."""
+    repo = _engine_repo(tmp_path_factory.mktemp("scratch"))
+    (repo / "pyproject.toml").write_text(ENGINE_CONFIG)
+    (repo / "conftest.py").write_text("import pytest\n\n\n@pytest.fixture\ndef engine_name():\n    return 'engine'\n")
+    (repo / "tests" / "test_config.py").write_text(
+        "import pytest\n\n\n@pytest.mark.slow\ndef test_uses_its_fixture(engine_name):\n    assert engine_name == 'engine'\n"
+    )
+    (repo / "tiny_profile.py").write_text(TINY)
+    return repo
+
+
+def suite(env, cwd, *args, check=False):
+    return run([env["python"], "-m", "pytest", "-p", "tiny_profile", "--hypothesis-profile=tiny", *args],
+               cwd=cwd, env={**env["environ"], "PYTHONPATH": str(cwd)}, check=check)
+
+
+def test_the_literal_command_runs_the_installed_suite(env, engine):
+    result = suite(env, engine, f"--loader={REFERENCE}", "-v")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    examples = int(re.search(r"examples run: (\d+)", out)[1])
+    assert examples > 0
+    assert "test_roundtrip.py::test_state_matches_checkpoint[llama] PASSED" in out  # the suite
+    assert "test_engine" not in out and f"rootdir: {engine}" in out  # the engine's config applied
+
+
+def test_the_suite_runs_from_any_directory(env, engine, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "tiny_profile.py").write_text(TINY)
+    result = suite(env, elsewhere, f"--loader={REFERENCE}", "-q", "-k", "roundtrip")
+    assert result.returncode == 0 and "examples run: " in result.stdout, result.stdout[-3000:]
+
+
+def test_paths_without_the_suite_are_a_usage_error(env, engine):
+    result = suite(env, engine, f"--loader={REFERENCE}", "tests")
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "holds no weightcheck conformance test" in result.stderr
+    assert f"pytest --loader={REFERENCE}" in result.stderr
+
+
+def test_a_run_with_no_example_never_passes(env, engine):
+    result = suite(env, engine, f"--loader={REFERENCE}", "-m", "gpu")  # no CUDA here: all skipped
+    assert result.returncode == 5, result.stdout[-3000:]
+    assert "no conformance example ran" in result.stdout
+
+
+def test_the_engine_alone_is_untouched(env, engine):
+    result = run([env["python"], "-m", "pytest", "-q"], cwd=engine, env=env["environ"], check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"\b3 passed\b", result.stdout) and "weightcheck" not in result.stdout
+
+
+def test_a_replay_runs_in_the_engine_and_keeps_site_packages_clean(env, engine):
+    case = Path(run([env["python"], "-c", "import weightcheck.fixtures, pathlib; print(pathlib.Path(weightcheck.fixtures.__file__).parent / 'regressions' / 'seed-42716-moe-keyword-ids.json')"], cwd=engine, env=env["environ"]).stdout.strip())
+    result = suite(env, engine, f"--loader={REFERENCE}", f"--replay={case}", "-q")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "test_regression" in result.stdout or "passed" in result.stdout
+    site = case.parents[2]
+    assert not list(site.parent.glob(".pytest_cache")) and not (site / ".pytest_cache").exists()
+
+
+def test_uninstalling_leaves_pypi_fixtures_working(env, tmp_path):
+    run([*env["pip"], "uninstall", "-y", "-q", "weightcheck"], env=env["environ"])
+    run([env["python"], "-c", "import fixtures; fixtures.Fixture"], cwd=tmp_path, env=env["environ"])
