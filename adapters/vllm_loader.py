@@ -140,9 +140,15 @@ def layout(placement) -> Layout:
     return Layout(tp * pp * dp, tp, pp, dp, (dp_rank * pp + placement.pp_rank) * tp + placement.tp_rank)
 
 
-def placement_reason(placement) -> str | None:
-    """None when vLLM 0.32 can hold this rank, else why not (``Capabilities.placements``)."""
+def placement_reason(placement, arch=None) -> str | None:
+    """None when vLLM 0.32 can hold this rank of ``arch``, else why not
+    (``Capabilities.placements``)."""
     tp, ep = placement.tp_size, placement.ep_size
+    if arch is not None and arch.moe is not None and ep == 1 and tp > arch.moe.num_experts:
+        return (
+            f"vLLM's Qwen MoE refuses a tp size ({tp}) larger than the number of experts "
+            f"({arch.moe.num_experts}) even without expert parallel"
+        )
     if tp == 3:
         return (
             "vLLM pads the vocabulary to a multiple of 64 and asserts that the tp size divides "
@@ -322,7 +328,7 @@ class _Runtime:
 
         if arch.lora is not None:
             raise NotImplementedError("this adapter does not support LoRA wrapping")
-        reason = placement_reason(placement)
+        reason = placement_reason(placement, arch)
         if reason is not None:
             raise NotImplementedError(reason)
         where = layout(placement)
@@ -678,7 +684,7 @@ class VllmLoader:
 
         if arch.lora is not None:
             raise NotImplementedError("this adapter does not support LoRA wrapping")
-        reason = placement_reason(placement)
+        reason = placement_reason(placement, arch)
         if reason is not None:
             raise NotImplementedError(reason)
         where = layout(placement)
@@ -724,7 +730,7 @@ class VllmLoader:
         at_rank: dict[int, int] = {}
         sizes = set()
         for i, placement in enumerate(placements):
-            reason = placement_reason(placement) or (
+            reason = placement_reason(placement, arch) or (
                 "this adapter does not support LoRA wrapping" if arch.lora is not None else None
             )
             if reason is not None:

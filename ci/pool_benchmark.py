@@ -68,8 +68,8 @@ class OneWorldSize:
         self.inner, self.size = inner, size
         caps = inner.capabilities
 
-        def reason(placement):
-            return caps.placement_reason(placement) or (
+        def reason(placement, arch):
+            return caps.placement_reason(placement, arch) or (
                 None if layout(placement).world_size == size else f"benchmark: not a world of {size}"
             )
 

@@ -124,6 +124,21 @@ def holds_instead(got: torch.Tensor, tensors: Mapping[str, torch.Tensor] | None)
     return None
 
 
+def _what_it_holds(value: torch.Tensor, tensors) -> str | None:
+    """What a parameter that should not exist holds: a checkpoint tensor's slice, possibly
+    followed by vocab padding (zero rows), as an embedding built where it need not be is."""
+    found = holds_instead(value, tensors)
+    if found or value.dim() != 2 or value.shape[0] < 2:
+        return found
+    nonzero = value.reshape(value.shape[0], -1).ne(0).any(dim=1).nonzero()
+    last = int(nonzero.max()) + 1 if len(nonzero) else 0
+    if 0 < last < value.shape[0]:
+        found = holds_instead(value[:last], tensors)
+        if found:
+            return f"{found} (then {value.shape[0] - last} zero rows of padding)"
+    return None
+
+
 def _hint(actual: torch.Tensor, expected: torch.Tensor, tensors=None) -> str:
     """A guess at what went wrong, from what the region holds instead."""
     if expected.dtype == torch.float8_e4m3fn:  # few ops exist for FP8: compare its values
@@ -222,7 +237,7 @@ def state_mismatches(
     if only is None:
         for name in sorted(set(state) - set(expected.params)):
             value = state[name].detach().cpu() if hasattr(state[name], "detach") else state[name]
-            held = holds_instead(value, tensors) if hasattr(value, "dim") else None
+            held = _what_it_holds(value, tensors) if hasattr(value, "dim") else None
             problems.append(
                 f"{name} should not exist on this rank (a parameter of its own); "
                 + (held or "it holds none of the checkpoint's tensors")

@@ -73,7 +73,7 @@ def unsupported(case: Case, caps: Capabilities) -> list[str]:
         for name, used in case.features().items()
         if isinstance(used, bool) and used and name in FEATURES and not caps.supports(name)
     ]
-    reason = caps.placement_reason(case.placement)
+    reason = caps.placement_reason(case.placement, case.arch)
     if reason:
         missing.append(f"placement ({reason})")
     return missing

@@ -95,7 +95,7 @@ def _supported_placements(draw, arch: Arch, tp_size: int, pp_size: int, caps, ma
             for tp in range(tp_size)
             for ep in range(ep_size)
         ]
-        supported = [p for p in grid if caps.placement_reason(p) is None]
+        supported = [p for p in grid if caps.placement_reason(p, arch) is None]
         if supported:
             by_ep_size[ep_size] = supported
     if not by_ep_size:

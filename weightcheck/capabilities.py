@@ -62,15 +62,16 @@ class Capabilities:
     property also require that every parameter keeps its storage.
 
     ``placements``: for engines that cannot express every rank of every (tp, pp, ep) grid, a
-    function of a ``Placement`` returning None when the engine can hold that rank, else the
-    reason it cannot (e.g. vLLM's expert-parallel group is DP x TP, so ``ep_rank % tp_size``
-    must equal ``tp_rank``).  Only supported placements are drawn, and all-rank properties
+    function of a ``Placement`` and the ``Arch`` returning None when the engine can hold that
+    rank of that model, else the reason it cannot (e.g. vLLM's expert-parallel group is DP x TP,
+    so ``ep_rank % tp_size`` must equal ``tp_rank``; vLLM's Qwen MoE refuses a tp size larger
+    than its expert count).  Only supported placements are drawn, and all-rank properties
     load only the supported ranks of a world.
     """
 
     families: frozenset[str] = field(default_factory=lambda: frozenset(FAMILY_NAMES))
     features: frozenset[str] = field(default_factory=lambda: frozenset(FEATURES))
-    placements: Callable[[Any], str | None] | None = None
+    placements: Callable[[Any, Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         for key in ("families", "features"):
@@ -105,6 +106,6 @@ class Capabilities:
     def supports(self, feature: str) -> bool:
         return feature in self.features
 
-    def placement_reason(self, placement) -> str | None:
-        """Why the loader cannot hold ``placement`` (None: it can)."""
-        return None if self.placements is None else self.placements(placement)
+    def placement_reason(self, placement, arch) -> str | None:
+        """Why the loader cannot hold ``placement`` of ``arch`` (None: it can)."""
+        return None if self.placements is None else self.placements(placement, arch)

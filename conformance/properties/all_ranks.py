@@ -31,8 +31,9 @@ from .base import (
 MAX_RANKS = 8  # one example loads every rank: keep it to a few dozen loads
 
 
-def ranks(placement, caps=None) -> list:
-    """Every rank of the placement's world that the loader can hold, in (pp, tp, ep) order."""
+def ranks(placement, caps=None, arch=None) -> list:
+    """Every rank of the placement's world that the loader can hold (for ``arch``), in
+    (pp, tp, ep) order."""
     every = [
         replace(placement, pp_rank=pp, tp_rank=tp, ep_rank=ep)
         for pp in range(placement.pp_size)
@@ -41,7 +42,7 @@ def ranks(placement, caps=None) -> list:
     ]
     if caps is None:
         return every
-    return [p for p in every if caps.placement_reason(p) is None]
+    return [p for p in every if caps.placement_reason(p, arch) is None]
 
 
 def rank_name(p) -> str:
@@ -64,7 +65,7 @@ class AllRanks(Property):
             if specs[n].role == "weight"
         }
         problems = []
-        placements = ranks(case.placement, loader.capabilities)
+        placements = ranks(case.placement, loader.capabilities, case.arch)
         with scratch() as path:
             checkpoint = write(case, path, tensors=tensors)
             for placement, got in zip(placements, load_world(loader, case.arch, placements, checkpoint)):
