@@ -27,6 +27,12 @@ EXTRA_FEATURES = (
     ("buffers_in_checkpoint", None),
     ("shared_expert", "family qwen2_moe"),
     ("mixed_dense_moe", "family qwen3_moe|family qwen2_moe"),
+    # index boundaries and configs as real checkpoints write them (drawn rarely: see the counts)
+    ("many_layers", None),
+    ("pp_split_crosses_layer_10", "pipeline_parallel"),
+    ("two_digit_experts", "family qwen3_moe|family qwen2_moe|family deepseek_v32"),
+    ("vocab_padding_boundary", None),
+    ("config_defaults_omitted", None),
 )
 
 

@@ -6,12 +6,19 @@ tp either divides or is a multiple of (GQA replication), at least ``min_layers``
 the pipeline ranks.  No ``assume``: invalid shapes are never drawn.  A new family adds one
 strategy here, named by its entry in ``weightcheck.families``; which LoRA targets and FP8
 methods its archs draw come from that entry too.
+
+Index boundaries are reached rarely (``one_in``), so examples stay tiny and fast, and every
+rare branch shrinks to the small one: 11-12 layers (layer 1's name a prefix of layer 10's),
+17-44 experts (two-digit expert ids on every expert-parallel rank, linear or round robin), vocab
+sizes one below and one above a padding multiple, GPT-2 ``n_inner = 4 * n_embd``.  Config fields
+HF fills in when absent are left out of config.json at random (``config_omissions``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 from hypothesis import strategies as st
 
@@ -23,26 +30,88 @@ from weightcheck.reference_models.families import family_spec
 DTYPE_NAMES = tuple(DTYPES)
 MAX_LAYERS = 4
 MAX_EXPERTS = 16
+# The rare big branches: layer 1's name is a prefix of layer 10's ("model.layers.1" of
+# "model.layers.10.") and expert 1's of expert 10's; 44 experts = 10 * 4 + 4 put a two-digit id
+# on every rank of a linear split over up to 4 expert-parallel ranks (round robin needs 14).
+MANY_LAYERS = (11, 12)
+MANY_EXPERTS = (MAX_EXPERTS + 1, 44)
+RARELY = 40  # one draw in about this many takes a big branch
+# ... and one in 12 for the layers under pipeline parallel, where layer names are matched
+# against other ranks' (a many-layer MoE example keeps 1-4 experts: its cost is per tensor)
+RARELY_UNDER_PP = 12
+FEW_EXPERTS = 4
 
 
 # Strategies that never change are built once: Hypothesis caches and validates them per object.
 _DTYPES = st.sampled_from(DTYPE_NAMES)
-_VOCAB_SIZES = st.one_of(st.integers(1, 200), st.sampled_from((64, 128)))
 HEAD_DIMS = st.sampled_from((2, 4, 8))
+
+
+@functools.lru_cache(maxsize=None)
+def one_in(n: int) -> st.SearchStrategy[bool]:
+    """True in about one draw of ``n``; shrinks to False (a rare branch is never the minimum)."""
+    return st.sampled_from(range(n)).map(lambda k: k == n - 1)
 
 
 def dtypes() -> st.SearchStrategy[str]:
     return _DTYPES
 
 
-def vocab_sizes() -> st.SearchStrategy[int]:
-    """Mostly not multiples of 64, so vocab padding is exercised; sometimes exact multiples."""
-    return _VOCAB_SIZES
+def padding_unit(tp_size: int) -> int:
+    """The vocab padding multiple: lcm(64, tp) (docs/runtime-layout.md, vocab-parallel)."""
+    return math.lcm(64, tp_size)
+
+
+@functools.lru_cache(maxsize=None)
+def vocab_sizes(tp_size: int = 1) -> st.SearchStrategy[int]:
+    """Mostly not multiples of 64, so vocab padding is exercised; sometimes exact multiples, and
+    sometimes one below or one above a padding multiple (63/65, 127/129, 191/193; 191/193 for
+    tp 3, whose unit is 192): the last real row next to the first padding row, or alone on the
+    last rank."""
+    unit = padding_unit(tp_size)
+    near = sorted(k * unit + d for k in range(1, 4) for d in (-1, 1) if k * unit + d <= 200)
+    return st.one_of(st.integers(1, 200), st.sampled_from((64, 128)), st.sampled_from(near))
 
 
 @functools.lru_cache(maxsize=None)
 def layer_counts(min_layers: int = 1) -> st.SearchStrategy[int]:
-    return st.integers(max(1, min_layers), MAX_LAYERS)
+    """1-4 layers; rarely 11-12, less rarely when ``min_layers`` > 1 (the pipeline ranks): vLLM's
+    default partition of 11-12 layers over 2-4 ranks always puts layers 1 and 10 on different
+    ranks, as do most uneven ones, and some of those split at layer 10 (``partitions``)."""
+    few = st.integers(max(1, min_layers), MAX_LAYERS)
+    many = st.integers(*MANY_LAYERS)
+    return one_in(RARELY_UNDER_PP if min_layers > 1 else RARELY).flatmap(
+        lambda big: many if big else few
+    )
+
+
+_EXPERT_COUNTS = one_in(RARELY).flatmap(
+    lambda big: st.integers(*MANY_EXPERTS) if big else st.integers(1, MAX_EXPERTS)
+)
+
+
+_FEW_EXPERT_COUNTS = st.integers(1, FEW_EXPERTS)
+
+
+def expert_counts() -> st.SearchStrategy[int]:
+    """1-16 experts; rarely 17-44, so every expert-parallel rank holds a two-digit expert id."""
+    return _EXPERT_COUNTS
+
+
+@functools.lru_cache(maxsize=None)
+def _omission_lists(fields: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.sampled_from(fields), unique=True)
+
+
+@st.composite
+def config_omissions(draw, arch: Arch) -> Arch:
+    """``arch`` with some of the config.json fields its family may leave out for it
+    (``FamilySpec.omittable``: only values HF assumes when absent) left out; shrinks to none."""
+    fields = family_spec(arch.family).omittable(arch)
+    if not fields:
+        return arch
+    omits = draw(_omission_lists(fields), label="config omits")
+    return dataclasses.replace(arch, config_omits=tuple(omits)) if omits else arch
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,8 +179,9 @@ def with_quant(arch: Arch, caps: Capabilities) -> st.SearchStrategy[Arch]:
 
 @st.composite
 def moes(draw, tp_size: int, num_layers: int, shared: bool) -> MoE:
-    """1-16 experts; some layers may be dense, never all of them."""
-    num_experts = draw(st.integers(1, MAX_EXPERTS))
+    """1-16 experts (rarely up to 44; 1-4 with many layers); some layers may be dense, never
+    all of them."""
+    num_experts = draw(_FEW_EXPERT_COUNTS if num_layers > MAX_LAYERS else expert_counts())
     dense = draw(st.sets(st.integers(0, num_layers - 1), max_size=num_layers - 1))
     return MoE(
         num_experts=num_experts,
@@ -162,14 +232,14 @@ def decoder_archs(
         **shapes,
         num_layers=num_layers,
         intermediate_size=tp_size * draw(st.integers(1, 6)),
-        vocab_size=draw(vocab_sizes()),
+        vocab_size=draw(vocab_sizes(tp_size)),
         tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
         attention_bias=True if qkv_bias_always else draw(flag(caps, "attention_bias")),
         dtype=draw(dtypes()),
         moe=draw(moes(tp_size, num_layers, shared=shared_expert)) if moe else None,
         lora=draw(maybe_lora(caps, family)),
     )
-    return draw(with_quant(arch, caps))
+    return draw(with_quant(draw(config_omissions(arch)), caps))
 
 
 def llama_archs(tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None):
@@ -188,24 +258,31 @@ def qwen2_moe_archs(tp_size: int = 1, min_layers: int = 1, caps: Capabilities | 
 
 @st.composite
 def gpt2_archs(draw, tp_size: int = 1, min_layers: int = 1, caps: Capabilities | None = None) -> Arch:
-    """GPT-2 always has biases and nKV == nH; no LoRA."""
+    """GPT-2 always has biases and nKV == nH; no LoRA.  The MLP is sometimes GPT-2's own
+    4 * n_embd, which its config.json may then write as ``"n_inner": null``."""
     caps = caps or Capabilities()
     num_heads = tp_size * draw(st.integers(1, 3))
     head_dim = draw(HEAD_DIMS)
-    return Arch(
+    hidden_size = num_heads * head_dim
+    if draw(one_in(4), label="n_inner = 4 * n_embd"):
+        intermediate_size = 4 * hidden_size
+    else:
+        intermediate_size = tp_size * draw(st.integers(1, 6))
+    arch = Arch(
         family="gpt2",
-        hidden_size=num_heads * head_dim,
+        hidden_size=hidden_size,
         num_layers=draw(layer_counts(min_layers)),
         num_heads=num_heads,
         num_kv_heads=num_heads,
         head_dim=head_dim,
-        intermediate_size=tp_size * draw(st.integers(1, 6)),
-        vocab_size=draw(vocab_sizes()),
+        intermediate_size=intermediate_size,
+        vocab_size=draw(vocab_sizes(tp_size)),
         max_position_embeddings=draw(st.integers(2, 12)),
         tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
         attention_bias=True,
         dtype=draw(dtypes()),
     )
+    return draw(config_omissions(arch))
 
 
 @st.composite
@@ -233,12 +310,12 @@ def deepseek_v32_archs(
         num_kv_heads=num_heads,
         head_dim=mla.qk_rope_head_dim,
         intermediate_size=tp_size * draw(st.integers(1, 6)),
-        vocab_size=draw(vocab_sizes()),
+        vocab_size=draw(vocab_sizes(tp_size)),
         tie_word_embeddings=draw(flag(caps, "tied_embeddings")),
         dtype=draw(dtypes()),
         mla=mla,
     )
-    return draw(with_quant(arch, caps))
+    return draw(with_quant(draw(config_omissions(arch)), caps))
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,6 +13,8 @@ from weightcheck.arch import EXPERT_PLACEMENTS, Arch, Placement
 MAX_TP = 4
 MAX_PP = 4
 MAX_EP = 4
+# A pipeline rank that starts at layer 10: the first whose layer names all have two digits.
+SPLIT_AT = 10
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,18 +37,30 @@ def vllm_default_partition(num_layers: int, pp_size: int) -> tuple[int, ...]:
 
 
 @st.composite
-def uneven_partitions(draw, num_layers: int, pp_size: int) -> tuple[int, ...]:
-    """Any split of the layers into ``pp_size`` non-empty contiguous runs."""
-    cuts = sorted(draw(st.sets(st.integers(1, num_layers - 1), min_size=pp_size - 1, max_size=pp_size - 1)))
+def uneven_partitions(draw, num_layers: int, pp_size: int, cut: int | None = None) -> tuple[int, ...]:
+    """Any split of the layers into ``pp_size`` non-empty contiguous runs (one starting at layer
+    ``cut`` when given)."""
+    if cut is None:
+        cuts = draw(st.sets(st.integers(1, num_layers - 1), min_size=pp_size - 1, max_size=pp_size - 1))
+    else:
+        others = st.sampled_from([k for k in range(1, num_layers) if k != cut])
+        cuts = {cut} | draw(st.sets(others, min_size=pp_size - 2, max_size=pp_size - 2))
+    cuts = sorted(cuts)
     bounds = [0, *cuts, num_layers]
     return tuple(b - a for a, b in zip(bounds, bounds[1:]))
 
 
 @functools.lru_cache(maxsize=None)
 def partitions(num_layers: int, pp_size: int) -> st.SearchStrategy[tuple[int, ...]]:
+    """vLLM's default partition or an uneven one; with more than 10 layers also a split at
+    layer 10 (vLLM's default puts layers 1 and 10 on different ranks, but never starts a rank
+    at 10 for 11-12 layers)."""
     if pp_size == 1:
         return st.just((num_layers,))
-    return st.just(vllm_default_partition(num_layers, pp_size)) | uneven_partitions(num_layers, pp_size)
+    options = [st.just(vllm_default_partition(num_layers, pp_size)), uneven_partitions(num_layers, pp_size)]
+    if num_layers > SPLIT_AT:
+        options.append(uneven_partitions(num_layers, pp_size, cut=SPLIT_AT))
+    return st.one_of(options)
 
 
 @st.composite

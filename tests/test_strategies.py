@@ -1,11 +1,15 @@
 """The strategies reach every feature the issue promises, and only valid cases."""
 
+import itertools
+import math
+
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
 from weightcheck.capabilities import Capabilities
 from weightcheck.reference_models.oracle.expected import needed_sources
+from weightcheck.reference_models.reference_loader.moe import local_experts
 from weightcheck.strategies import cases
 
 REACHABLE = {
@@ -114,3 +118,147 @@ def test_capabilities_bound_the_cases(case):
     assert len(case.recipe.files) == 1
     if case.arch.family == "gpt2":
         assert case.arch.attention_bias  # gpt2 always has biases
+
+
+# --- index boundaries and config.json as real checkpoints write it ---------------------------
+
+FAMILIES = ["llama", "gpt2", "qwen3_moe", "qwen2_moe", "deepseek_v32"]
+# Rare branches (about one example in 12-40, and Hypothesis runs clump them): searched for up to
+# 10000 examples (a find stops at the first), derandomized.  The rarest, a two-digit expert on
+# every rank of a linear split, is about one example in 250.
+RARE = settings(max_examples=10000, database=None, phases=[Phase.generate], derandomize=True)
+SHRINKING = settings(max_examples=4000, database=None, derandomize=True)
+
+
+def _pp_rank_of(placement, layer):
+    bounds = [sum(placement.layer_partition[: k + 1]) for k in range(placement.pp_size)]
+    return next(k for k, end in enumerate(bounds) if layer < end)
+
+
+def _every_ep_rank_has_a_two_digit_expert(c):
+    p, moe = c.placement, c.arch.moe
+    return p.ep_size > 1 and all(
+        max(local_experts(moe.num_experts, p.ep_size, r, p.expert_placement)) >= 10
+        for r in range(p.ep_size)
+    )
+
+
+def _unit(c):
+    return math.lcm(64, c.placement.tp_size)
+
+
+BOUNDARIES = {
+    ">= 11 layers, layers 1 and 10 on different pipeline ranks": lambda c: (
+        c.arch.num_layers >= 11 and _pp_rank_of(c.placement, 1) != _pp_rank_of(c.placement, 10)
+    ),
+    ">= 11 layers, a pipeline split at layer 10": lambda c: (
+        c.arch.num_layers >= 11 and 10 in itertools.accumulate(c.placement.layer_partition)
+    ),
+    "this rank holds layer 10 but not layer 1": lambda c: (
+        c.arch.num_layers >= 11 and 10 in c.placement.layers and 1 not in c.placement.layers
+    ),
+    "vocab one below a padding multiple": lambda c: (
+        c.arch.vocab_size >= 63 and (c.arch.vocab_size + 1) % _unit(c) == 0
+    ),
+    "vocab one above a padding multiple": lambda c: (
+        c.arch.vocab_size > 64 and (c.arch.vocab_size - 1) % _unit(c) == 0
+    ),
+    "vocab one above a padding multiple, tp 3 (unit 192)": lambda c: (
+        c.placement.tp_size == 3 and c.arch.vocab_size == 193
+    ),
+}
+EXPERT_BOUNDARIES = {
+    ">= 11 experts, a two-digit expert id on every ep rank, round robin": lambda c: (
+        c.placement.expert_placement == "round_robin" and _every_ep_rank_has_a_two_digit_expert(c)
+    ),
+    ">= 11 experts, a two-digit expert id on every ep rank, linear": lambda c: (
+        c.placement.expert_placement == "linear" and _every_ep_rank_has_a_two_digit_expert(c)
+    ),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("what", list(BOUNDARIES))
+def test_index_boundary_is_reachable(family, what):
+    find(cases(family), BOUNDARIES[what], settings=RARE)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe"])
+@pytest.mark.parametrize("what", list(EXPERT_BOUNDARIES))
+def test_expert_id_boundary_is_reachable(family, what):
+    find(cases(family), EXPERT_BOUNDARIES[what], settings=RARE)
+
+
+def _omittable_fields():
+    """(family, field) for every field a family's config may leave out for some arch."""
+    from weightcheck.reference_models.families import family_spec
+
+    fields = {
+        "llama": ("head_dim", "num_key_value_heads", "tie_word_embeddings", "attention_bias", "mlp_bias"),
+        "gpt2": ("n_inner", "tie_word_embeddings"),
+        "qwen3_moe": ("head_dim", "tie_word_embeddings", "attention_bias", "mlp_only_layers",
+                      "decoder_sparse_step"),
+        "qwen2_moe": ("tie_word_embeddings", "qkv_bias", "mlp_only_layers", "decoder_sparse_step"),
+        "deepseek_v32": ("head_dim", "tie_word_embeddings", "attention_bias"),
+    }
+    for family, names in fields.items():  # the list above is every field the spec defaults
+        spec = family_spec(family)
+        assert set(names) == set(spec.hf_defaults(_any_config(family))), family
+    return [(family, name) for family, names in fields.items() for name in names]
+
+
+def _any_config(family):
+    from weightcheck.reference_models.families import family_spec
+
+    return family_spec(family).full_config(find(cases(family), lambda c: True, settings=GENERATE_ONLY).arch)
+
+
+@pytest.mark.parametrize("family, field", _omittable_fields())
+def test_each_omittable_config_field_is_left_out(family, field):
+    """Drawn left out (GPT-2's n_inner: written null), where the arch's value is HF's default."""
+    from weightcheck import hf_config
+
+    def omitted(c):
+        if field not in c.arch.config_omits:
+            return False
+        config = hf_config(c.arch)
+        return config[field] is None if field == "n_inner" else field not in config
+
+    find(cases(family), omitted, settings=RARE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_omittable_fields_are_also_written(family):
+    """The same fields written with the default value: a loader is exercised both ways."""
+    from weightcheck.reference_models.families import family_spec
+
+    def written(c):
+        spec = family_spec(c.arch.family)
+        return bool(set(spec.omittable(c.arch)) - set(c.arch.config_omits))
+
+    find(cases(family), written, settings=GENERATE_ONLY)
+
+
+def test_gpt2_n_inner_is_drawn_null_and_explicitly_4h():
+    from weightcheck import hf_config
+
+    find(cases("gpt2"), lambda c: hf_config(c.arch)["n_inner"] is None, settings=RARE)
+    find(cases("gpt2"), lambda c: hf_config(c.arch)["n_inner"] == 4 * c.arch.hidden_size, settings=RARE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shrinking_goes_to_the_small_branches(family):
+    """A big branch is reachable, never the minimum: the simplest case is small (1-4 layers, at
+    most 16 experts) and writes every config field, the simplest with more than 4 layers has
+    exactly 11, with more than 16 experts exactly 17 (in few layers)."""
+    simplest = find(cases(family), lambda c: True, settings=SHRINKING)
+    a = simplest.arch
+    assert a.num_layers <= 4 and a.config_omits == ()
+    assert a.vocab_size <= 200 and (a.family != "gpt2" or a.intermediate_size < 4 * a.hidden_size)
+    if a.moe is not None:
+        assert a.moe.num_experts <= 16  # the everyday branch
+    many = find(cases(family), lambda c: c.arch.num_layers > 4, settings=SHRINKING)
+    assert many.arch.num_layers == 11
+    if family in ("qwen3_moe", "qwen2_moe"):
+        experts = find(cases(family), lambda c: c.arch.moe.num_experts > 16, settings=SHRINKING)
+        assert experts.arch.moe.num_experts == 17 and experts.arch.num_layers <= 4

@@ -17,6 +17,7 @@ _EXPORTS = {
     "LoRA": "weightcheck.arch",
     "Quant": "weightcheck.arch",
     "MLA": "weightcheck.arch",
+    "hf_config": "weightcheck.reference_models.families",
     "Checkpoint": "weightcheck.fixtures.checkpoint",
     "Capabilities": "weightcheck.conformance.protocol",
     "FAMILIES": "weightcheck.conformance.protocol",

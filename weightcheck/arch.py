@@ -132,7 +132,14 @@ class MLA:
 
 @dataclass(frozen=True)
 class Arch:
-    """A tiny decoder architecture of one real HF ``model_type`` (``family``)."""
+    """A tiny decoder architecture of one real HF ``model_type`` (``family``).
+
+    ``config_omits``: optional ``config.json`` fields this example's config leaves out (or, for
+    GPT-2's ``n_inner``, writes as ``null``), as real checkpoints do; each one only where its
+    value is what the model type's HF config class assumes when it is absent (the family spec
+    says which fields may be omitted for an arch, ``FamilySpec.omittable``).  Default: nothing
+    omitted.  The config an arch describes is ``weightcheck.hf_config(arch)``.
+    """
 
     family: str
     hidden_size: int
@@ -150,8 +157,10 @@ class Arch:
     lora: LoRA | None = None
     quant: Quant | None = None
     mla: MLA | None = None
+    config_omits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "config_omits", tuple(sorted(set(self.config_omits))))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
         if self.num_heads % self.num_kv_heads:

@@ -27,4 +27,11 @@ def family_spec(name: str) -> FamilySpec:
     return resolve(family(name).spec)
 
 
-__all__ = ["FamilySpec", "TensorSpec", "checkpoint_specs", "family_spec"]
+def hf_config(arch) -> dict:
+    """The config.json dict the suite writes for ``arch`` (a fresh dict), optional fields left
+    out as ``arch.config_omits`` says: for adapters that build their model from config.json.
+    Public as ``weightcheck.hf_config``."""
+    return family_spec(arch.family).config(arch)
+
+
+__all__ = ["FamilySpec", "TensorSpec", "checkpoint_specs", "family_spec", "hf_config"]

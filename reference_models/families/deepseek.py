@@ -94,8 +94,36 @@ class DeepseekV32(Llama):
             "index_head_dim": m.index_head_dim,
             "index_topk": 4,
             "first_k_dense_replace": arch.num_layers,
+            "moe_layer_freq": 1,
+            "rope_scaling": yarn_rope_scaling(arch.max_position_embeddings),
             "attention_bias": False,
         }
+
+    def hf_defaults(self, config):
+        # DeepseekV32Config: head_dim is always set to qk_rope_head_dim (__post_init__, whatever
+        # config.json says); tie_word_embeddings and attention_bias default to False.
+        return {
+            "head_dim": config["qk_rope_head_dim"],
+            "tie_word_embeddings": False,
+            "attention_bias": False,
+        }
+
+
+def yarn_rope_scaling(max_positions: int) -> dict:
+    """DeepSeek-V3.2's YaRN ``rope_scaling`` (its config.json: ``{"type": "yarn", "factor": 40,
+    "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+    "mscale_all_dim": 1.0}`` for 163840 positions), scaled to the tiny context so that
+    ``factor = max_position_embeddings / original_max_position_embeddings`` still holds."""
+    original = max(1, max_positions // 4)
+    return {
+        "type": "yarn",
+        "factor": max_positions / original,
+        "original_max_position_embeddings": original,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    }
 
 
 SPEC = DeepseekV32()

@@ -10,6 +10,7 @@ COLUMN, ROW = 0, 1
 
 class GPT2(FamilySpec):
     model_type = "gpt2"
+    nulled = ("n_inner",)  # GPT-2's own config.json: "n_inner": null, meaning 4 * n_embd
 
     def checkpoint(self, arch, fmt="default"):
         H, I, P = arch.hidden_size, arch.intermediate_size, arch.max_position_embeddings
@@ -45,7 +46,11 @@ class GPT2(FamilySpec):
             out["lm_head.weight"] = TensorSpec((arch.vocab_size, H))
         return out
 
-    def config(self, arch):
+    def hf_defaults(self, config):
+        # GPT2Config: n_inner None (GPT2MLP then uses 4 * n_embd), tie_word_embeddings True.
+        return {"n_inner": 4 * config["n_embd"], "tie_word_embeddings": True}
+
+    def full_config(self, arch):
         return {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",

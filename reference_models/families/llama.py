@@ -85,7 +85,19 @@ class Llama(FamilySpec):
     def attention_quant_groups(self, arch, a: str) -> list[tuple[str, ...]]:
         return [(a + "q_proj", a + "k_proj", a + "v_proj"), (a + "o_proj",)]
 
-    def config(self, arch):
+    def hf_defaults(self, config):
+        # LlamaConfig.__post_init__: head_dim = hidden_size // num_attention_heads and
+        # num_key_value_heads = num_attention_heads when absent; the rest are field defaults.
+        heads = config["num_attention_heads"]
+        return {
+            "head_dim": config["hidden_size"] // heads,
+            "num_key_value_heads": heads,
+            "tie_word_embeddings": False,
+            "attention_bias": False,
+            "mlp_bias": False,
+        }
+
+    def full_config(self, arch):
         return {
             "architectures": [self.architecture],
             "model_type": self.model_type,

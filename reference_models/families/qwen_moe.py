@@ -92,6 +92,11 @@ class QwenMoE(Llama):
             rules[m + "shared_expert_gate.weight"] = Replicated(Source(m + "shared_expert_gate.weight"))
         return rules
 
+    def hf_defaults(self, config):
+        # Qwen3MoeConfig / Qwen2MoeConfig: mlp_only_layers None -> [], decoder_sparse_step 1,
+        # tie_word_embeddings False.
+        return {"tie_word_embeddings": False, "mlp_only_layers": [], "decoder_sparse_step": 1}
+
     def moe_config(self, arch) -> dict:
         moe = arch.moe
         return {
@@ -114,6 +119,15 @@ class Qwen3MoE(QwenMoE):
     def config_extras(self, arch):
         return {"head_dim": arch.head_dim, "attention_bias": arch.attention_bias, **self.moe_config(arch)}
 
+    def hf_defaults(self, config):
+        # Qwen3MoeConfig has no head_dim field: Qwen3MoeAttention takes
+        # getattr(config, "head_dim", hidden_size // num_attention_heads).  attention_bias False.
+        return {
+            **super().hf_defaults(config),
+            "head_dim": config["hidden_size"] // config["num_attention_heads"],
+            "attention_bias": False,
+        }
+
 
 class Qwen2MoE(QwenMoE):
     """q/k/v always biased, o_proj never; head_dim is hidden_size / num_heads; shared expert."""
@@ -129,6 +143,11 @@ class Qwen2MoE(QwenMoE):
 
     def shared_expert(self, arch):
         return arch.moe.shared_expert_intermediate_size
+
+    def hf_defaults(self, config):
+        # Qwen2MoeConfig.qkv_bias defaults to True (real Qwen1.5-MoE configs do not write it);
+        # head_dim is never written (Qwen2-MoE derives it as hidden_size // num_attention_heads).
+        return {**super().hf_defaults(config), "qkv_bias": True}
 
     def config_extras(self, arch):
         return {

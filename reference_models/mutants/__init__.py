@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import (
     checkpoint_files,
+    config,
     duplicates,
     files,
     fp8,
@@ -43,6 +44,7 @@ MUTANTS: list[Mutant] = [
     *shapes.MUTANTS,
     *files.MUTANTS,
     *streams.MUTANTS,
+    *config.MUTANTS,
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 if len(BY_NAME) != len(MUTANTS):
