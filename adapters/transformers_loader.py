@@ -30,8 +30,10 @@ pipeline parallelism needs ``DistributedConfig`` under several processes (not su
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,10 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.core_model_loading import revert_weight_conversion  # noqa: E402
 
 from weightcheck import Capabilities  # noqa: E402
+
+# weightcheck.checkpoint, not weightcheck: the package's lazy exports do not list LoadReport
+# (its docstring says they do).
+from weightcheck.checkpoint import Checkpoint, LoadReport  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -73,6 +79,10 @@ _EXPERT = re.compile(
     r"^(?P<prefix>.*\.mlp\.experts\.)(?P<expert>\d+)\.(?P<which>gate|up|down)_proj\.weight$"
 )
 _FUSED_EXPERTS = re.compile(r"^(?P<prefix>.*\.mlp\.experts\.)(?P<which>gate_up_proj|down_proj)$")
+# DeepSeek-V3.2: transformers keeps the MLA down-projections and the indexer's wk/weights_proj
+# apart; the canonical layout stacks each pair on rows (docs/runtime-layout.md, deepseek_v32).
+_MLA_A = re.compile(r"^(?P<prefix>.*\.self_attn\.)(?P<which>q_a_proj|kv_a_proj_with_mqa)\.weight$")
+_INDEXER_WK = re.compile(r"^(?P<prefix>.*\.self_attn\.indexer\.)(?P<which>wk|weights_proj)\.weight$")
 
 
 HERE = Path(__file__).resolve().parent
@@ -95,6 +105,10 @@ def piece(name: str) -> Piece:
     """
     if m := _QKV.match(name):
         return Piece(f"{m['prefix']}qkv_proj.{m['kind']}", ("qkv".index(m["which"]),))
+    if m := _MLA_A.match(name):
+        return Piece(f"{m['prefix']}fused_qkv_a_proj.weight", (m["which"] != "q_a_proj",))
+    if m := _INDEXER_WK.match(name):
+        return Piece(f"{m['prefix']}wk_weights_proj.weight", (m["which"] != "wk",))
     if m := _EXPERT.match(name):
         e = int(m["expert"])
         if m["which"] == "down":
@@ -139,6 +153,7 @@ def _assemble(target: str, parts: list[tuple[tuple, torch.Tensor]]) -> torch.Ten
             raise ValueError(f"{target}: incomplete expert pieces {slots}")
         return torch.stack([t for _, t in parts])
     expected = [(i,) for i in range(3 if ".qkv_proj." in target else 2)]
+    slots = [tuple(int(x) for x in s) for s in slots]  # (False,)/(True,): the pairs above
     if slots != expected:
         raise ValueError(f"{target}: pieces {slots}, expected {expected}")
     return torch.cat([t for _, t in parts], dim=0)
@@ -207,7 +222,7 @@ def features(environ=os.environ) -> set[str]:
 
 class TransformersLoader:
     name = f"transformers {transformers.__version__}"
-    capabilities = Capabilities(families={"llama", "gpt2", "qwen3_moe", "qwen2_moe"}, features=features())
+    capabilities = Capabilities(families={"llama", "gpt2", "qwen3_moe", "qwen2_moe", "deepseek_v32"}, features=features())
     # Shipped with the adapter and used by default (--no-adapter-defaults leaves them out):
     # the known failures, one-line reasons each, and the findings' regression cases.
     expectations = HERE / "expectations" / (
@@ -222,12 +237,18 @@ class TransformersLoader:
             raise ValueError("LoRA wrapping is not defined for gpt2")
         return Model(arch, placement)
 
-    def load(self, model: Model, checkpoint) -> set[str]:
-        hf, info = AutoModelForCausalLM.from_pretrained(
-            str(checkpoint.path),
-            output_loading_info=True,
-            dtype=DTYPES[model.arch.dtype],
-        )
+    def load(self, model: Model, checkpoint) -> LoadReport:
+        with load_report() as report:
+            try:
+                hf, info = AutoModelForCausalLM.from_pretrained(
+                    str(checkpoint.path),
+                    output_loading_info=True,
+                    dtype=DTYPES[model.arch.dtype],
+                )
+            except Exception as exc:
+                if not report:
+                    raise  # raised before transformers wrote its load report: as it is
+                raise TransformersLoadError(exc, report, lora=model.arch.lora is not None) from exc
         hf.eval()
         not_loaded = set(info["missing_keys"]) | {_mismatched_name(k) for k in info["mismatched_keys"]}
         runtime = [n for n, _ in hf.named_parameters()]
@@ -235,10 +256,12 @@ class TransformersLoader:
         for n in runtime:
             sources.setdefault(canonical_name(n), set()).add(n)
         tracked = {c for c, names in sources.items() if not names & not_loaded}
+        unexpected = checkpoint_names_of(info["unexpected_keys"], checkpoint.path, hf.base_model_prefix)
         model.hf, model.peft, model.wrapped = hf, None, set()
         if model.arch.lora is not None:
             self._wrap(model)
-        return {with_base_layer(c) if c in model.wrapped else c for c in tracked}
+        loaded = {with_base_layer(c) if c in model.wrapped else c for c in tracked}
+        return LoadReport(loaded=loaded, unexpected=unexpected)
 
     def _wrap(self, model: Model) -> None:
         from peft import LoraConfig, get_peft_model
@@ -278,6 +301,116 @@ class TransformersLoader:
         checkpoint_named = _revert_without_fp8(model.hf, params)
         out = to_canonical(checkpoint_named)
         return {with_base_layer(c) if c in model.wrapped else c: v for c, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# What transformers reports: its unexpected keys in checkpoint naming, and its load report.
+
+
+def checkpoint_names_of(unexpected, path, prefix: str = "model") -> frozenset[str]:
+    """transformers' ``unexpected_keys`` as the checkpoint names they came from.
+
+    A key transformers reports is a checkpoint name, or that name after its renaming: the
+    base-model prefix added or removed, or per-expert tensors collected into their fused target
+    (``mlp.experts.7.gate_proj.weight`` -> ``mlp.experts.gate_up_proj``).  Each is mapped back
+    to the checkpoint tensors that became it; a key that matches none is kept as transformers
+    wrote it.
+    """
+    unexpected = set(unexpected)
+    if not unexpected:
+        return frozenset()
+    names = Checkpoint(path=Path(path), config={}).names()
+    present = set(names)
+    out: set[str] = set()
+    for key in unexpected:
+        if key in present:
+            out.add(key)
+            continue
+        bare = key.removeprefix(prefix + ".")
+        matched = {n for n in names if n in (bare, f"{prefix}.{key}")}
+        if not matched:
+            target = canonical_name(key)
+            matched = {
+                n for n in names if canonical_name(n) == target or canonical_name(f"{prefix}.{n}") == target
+            }
+        out |= matched or {key}
+    return frozenset(out)
+
+
+class _Records(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "LOAD REPORT" in message:
+            self.into.append(_ANSI.sub("", message))
+
+
+_ANSI = re.compile(r"\x1b?\[[0-9;]*m")
+_DOTTED = re.compile(r"[A-Za-z_][\w]*(?:\.[\w]+)+")
+
+
+@contextmanager
+def load_report():
+    """The LOAD REPORT ``from_pretrained`` logs (a warning of ``transformers.modeling_utils``):
+    the keys it found missing, unexpected, mismatched or failing conversion, with details.
+
+    transformers writes it before it raises on a conversion error or a size mismatch, and its
+    exception says only "look at the above report"; this module silences transformers' logging
+    (``set_verbosity_error``), so the report is collected here instead, for the duration of one
+    ``from_pretrained``, and not printed.
+    """
+    log = logging.getLogger("transformers.modeling_utils")
+    reports: list[str] = []
+    handler = _Records(reports)
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        yield reports
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
+class TransformersLoadError(RuntimeError):
+    """``from_pretrained`` raised after its load report: its exception, then the report it
+    refers to ("look at the above report"), then the transformers parameter names the report
+    gives translated to canonical names where they differ (``experts.gate_up_proj`` is
+    ``experts.w13_weight``).  Nothing is added that transformers did not say."""
+
+    def __init__(self, exc: BaseException, reports: list[str], lora: bool = False):
+        report = "\n".join(_without_tracebacks(r) for r in reports)
+        said = set(_DOTTED.findall(report))
+        named = sorted({canonical_name(n) for n in said} - said)
+        text = f"{type(exc).__name__}: {exc}\ntransformers' load report:\n{report}"
+        if named:
+            text += f"\n(in canonical naming: {', '.join(named)}"
+            if lora:  # the model was to be LoRA-wrapped: the same parameters under base_layer
+                text += f"; LoRA-wrapped: {', '.join(with_base_layer(n) for n in named)}"
+            text += ")"
+        super().__init__(text)
+
+
+def _without_tracebacks(report: str) -> str:
+    """The report, compact: without the Python tracebacks of conversion errors (the error
+    itself and transformers' one-line summary stay), the table's padding and blank lines."""
+    out, skipping = [], False
+    for line in report.splitlines():
+        if line.startswith("Traceback (most recent call last)"):
+            skipping = True
+            continue
+        if skipping and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        skipping = False
+        line = re.sub(r"-{4,}", "---", re.sub(r" {2,}", " ", line)).rstrip()
+        if line and (not out or line != out[-1]):
+            out.append(line)
+    return "\n".join(out)
 
 
 def _without_fp8_dequantize(conversions: list) -> list:

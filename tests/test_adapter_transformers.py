@@ -91,7 +91,7 @@ def test_lora_names():
 
 def test_capabilities_promise_only_one_rank():
     caps = tl.loader.capabilities
-    assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"}
+    assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe", "deepseek_v32"}
     assert not caps.features & {"tensor_parallel", "pipeline_parallel", "expert_parallel"}
 
 
@@ -132,8 +132,9 @@ def test_fp8_block_state_is_dequantised_without_scales(tmp_path):
 
     expected = _fp8_llama_checkpoint(tmp_path)
     model = tl.loader.build(SimpleNamespace(dtype="float32", lora=None, family="llama"), Placement((1,)))
-    loaded = tl.loader.load(model, SimpleNamespace(path=tmp_path))
-    state = tl.loader.state(model)
+    report = tl.loader.load(model, SimpleNamespace(path=tmp_path))
+    loaded, state = report.loaded, tl.loader.state(model)
+    assert report.unexpected == frozenset()
     assert not any("scale" in n for n in set(state) | loaded)
     assert "model.layers.0.self_attn.qkv_proj.weight" in loaded
     p = "model.layers.0."
@@ -150,3 +151,117 @@ def test_fp8_capabilities_are_opt_in():
     opted = tl.features({"WEIGHTCHECK_TRANSFORMERS_FP8": "1"})
     assert {"fp8_block", "fp8_dequantized_state"} <= opted
     assert "fp8_per_tensor" not in opted  # transformers ignores weight_scale (see the docs)
+
+
+# --- what transformers reports: unexpected keys in checkpoint naming, the load report in errors
+
+
+def _llama_checkpoint(path, edit=lambda tensors: None):
+    """A tiny llama checkpoint written by save_pretrained, its tensors edited by ``edit``."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=8, intermediate_size=4, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=4, vocab_size=64, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tensors = load_file(f"{path}/model.safetensors")
+    edit(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, f"{path}/model.safetensors", metadata={"format": "pt"})
+
+
+def _load(path, lora=None):
+    from types import SimpleNamespace
+
+    from weightcheck.arch import Placement
+
+    model = tl.loader.build(SimpleNamespace(dtype="float32", lora=lora, family="llama"), Placement((1,)))
+    return model, tl.loader.load(model, SimpleNamespace(path=path))
+
+
+def test_unexpected_keys_are_reported_in_checkpoint_naming(tmp_path):
+    from weightcheck.checkpoint import LoadReport
+
+    extra = {
+        "model.layers.1.self_attn.q_proj.weight": torch.ones(8, 8),  # a layer the model lacks
+        "model.layers.0.self_attn.q_porj.weight": torch.ones(8, 8),  # a misspelling
+        "model.layers.0.self_attn.o_proj.weight_scale": torch.ones(()),  # a scale, unquantised model
+    }
+    _llama_checkpoint(tmp_path, lambda t: t.update(extra))
+    model, report = _load(tmp_path)
+    assert isinstance(report, LoadReport)
+    assert report.unexpected == frozenset(extra)
+    assert "model.layers.0.self_attn.qkv_proj.weight" in report.loaded
+    assert not report.loaded & report.unexpected
+
+
+def test_a_complete_checkpoint_reports_nothing_unexpected(tmp_path):
+    _llama_checkpoint(tmp_path)
+    _, report = _load(tmp_path)
+    assert report.unexpected == frozenset()
+    assert "lm_head.weight" in report.loaded
+
+
+def test_unexpected_names_map_back_to_the_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    x = "model.layers.2.mlp.experts."
+    names = [x + "0.gate_proj.weight", x + "0.up_proj.weight", x + "0.down_proj.weight", "layers.5.mlp.up_proj.weight"]
+    save_file({n: torch.zeros(1) for n in names}, f"{tmp_path}/model.safetensors")
+    # per-expert tensors collected into their fused target, a prefix added: mapped back
+    assert tl.checkpoint_names_of({x + "gate_up_proj"}, tmp_path) == {x + "0.gate_proj.weight", x + "0.up_proj.weight"}
+    assert tl.checkpoint_names_of({x + "down_proj"}, tmp_path) == {x + "0.down_proj.weight"}
+    assert tl.checkpoint_names_of({"model.layers.5.mlp.up_proj.weight"}, tmp_path) == {"layers.5.mlp.up_proj.weight"}
+    # a name that matches nothing stays as transformers wrote it; nothing: nothing read
+    assert tl.checkpoint_names_of({"model.foo.weight"}, tmp_path) == {"model.foo.weight"}
+    assert tl.checkpoint_names_of(set(), tmp_path / "absent") == frozenset()
+
+
+def test_a_refusal_carries_transformers_load_report(tmp_path):
+    """transformers raises "look at the above report" after logging it; the adapter's error
+    holds the report, so the refused tensor is named."""
+    _llama_checkpoint(tmp_path, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.weight", torch.ones(5, 8)))
+    with pytest.raises(tl.TransformersLoadError) as err:
+        _load(tmp_path)
+    text = str(err.value)
+    assert "ignore_mismatched_sizes" in text  # transformers' own exception first
+    assert "model.layers.0.mlp.up_proj.weight" in text and "MISMATCH" in text
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_the_report_names_fused_parameters_canonically():
+    report = (
+        "Qwen3MoeForCausalLM LOAD REPORT from: /x\n"
+        "Key | Status |\n"
+        "model.layers.0.mlp.experts.gate_up_proj | CONVERSION | \n"
+        "Traceback (most recent call last):\n"
+        '  File "core_model_loading.py", line 1, in convert\n'
+        "RuntimeError: Sizes of tensors must match\n"
+        "Error: Concatenate on tensors destined for model.layers.0.mlp.experts.gate_up_proj. Ckpt contains: 2"
+    )
+    text = str(tl.TransformersLoadError(RuntimeError("see the report"), [report]))
+    assert "Traceback" not in text and "core_model_loading.py" not in text
+    assert "Sizes of tensors must match" in text
+    assert "in canonical naming: model.layers.0.mlp.experts.w13_weight" in text
+    assert "LoRA-wrapped" not in text
+    lora = str(tl.TransformersLoadError(RuntimeError("x"), [report], lora=True))
+    assert "model.layers.0.mlp.experts.base_layer.w13_weight" in lora
+
+
+def test_the_report_is_collected_and_transformers_logging_restored():
+    import logging
+
+    log = logging.getLogger("transformers.modeling_utils")
+    before = (log.level, log.propagate, list(log.handlers))
+    with tl.load_report() as reports:
+        log.warning("Model LOAD REPORT from: x\nkey | MISSING")
+        log.warning("something else")
+    assert reports == ["Model LOAD REPORT from: x\nkey | MISSING"]
+    assert (log.level, log.propagate, list(log.handlers)) == before
+
+
+def test_an_error_before_the_report_is_transformers_own(tmp_path):
+    _llama_checkpoint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")  # header cut short
+    with pytest.raises(Exception) as err:
+        _load(tmp_path)
+    assert not isinstance(err.value, tl.TransformersLoadError)
