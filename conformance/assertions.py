@@ -199,14 +199,15 @@ def param_mismatches(
             f"{name}: shape {list(actual.shape)}, expected {list(exp.value.shape)} "
             f"({pieces})"
         ]
-    if actual.dtype != exp.value.dtype:
+    want_all = exp.held_as(actual.dtype)
+    if actual.dtype != want_all.dtype:
         return [f"{name}: dtype {actual.dtype}, expected {exp.value.dtype} (the checkpoint's)"]
-    if same_bits(actual, exp.value):
+    if same_bits(actual, want_all):
         return []
     out = []
     shape = tuple(exp.value.shape)
     for piece in exp.pieces:
-        got, want = actual[piece.dst], exp.value[piece.dst]
+        got, want = actual[piece.dst], want_all[piece.dst]
         if same_bits(got, want):
             continue
         hint = _hint(got, want, tensors)

@@ -4,7 +4,7 @@ import torch
 
 from weightcheck.arch import Arch, Placement
 from weightcheck.reference_models.oracle import expected_state
-from weightcheck.reference_models.oracle.expected import needed_sources
+from weightcheck.reference_models.oracle.expected import checkpoint_shapes, needed_sources
 
 
 def llama(**kw):
@@ -113,3 +113,28 @@ def test_dependents_of_a_shard_are_the_fused_parameter():
         "model.layers.0.self_attn.qkv_proj.weight"
     }
     assert exp.tracked == set(exp.params)
+
+
+def test_a_parameter_the_model_keeps_in_float32_may_be_held_as_its_exact_cast():
+    """DeepSeek-V3.2's indexer k_norm and wk_weights_proj (kept in float32 by the model's own
+    code): float32 holding the exact cast passes; float32 elsewhere, or another float32 value,
+    does not."""
+    from weightcheck.arch import MLA
+    from weightcheck.conformance.assertions import param_mismatches
+
+    arch = Arch(
+        family="deepseek_v32", hidden_size=4, num_layers=1, num_heads=2, num_kv_heads=2,
+        head_dim=2, intermediate_size=2, vocab_size=5, dtype="bfloat16",
+        mla=MLA(q_lora_rank=2, kv_lora_rank=2, qk_nope_head_dim=2, qk_rope_head_dim=2,
+                v_head_dim=2, index_n_heads=2, index_head_dim=2),
+    )
+    tensors = {n: t.to(torch.bfloat16) / 7 for n, t in numbered(arch).items()}
+    exp = expected_state(arch, Placement.single(arch), tensors)
+    shapes = checkpoint_shapes(arch)
+    norm = exp.params["model.layers.0.self_attn.indexer.k_norm.weight"]
+    assert norm.float32_allowed
+    assert not param_mismatches(norm.name, norm.value.float(), norm, shapes)
+    wider = norm.value.float()
+    assert param_mismatches(norm.name, torch.nextafter(wider, wider + 1), norm, shapes)
+    embed = exp.params["model.embed_tokens.weight"]
+    assert param_mismatches(embed.name, embed.value.float(), embed, shapes)

@@ -131,10 +131,11 @@ def mark_covered(covered, state, exp: Expected) -> None:
         if actual is None or tuple(actual.shape) != tuple(param.value.shape):
             continue
         actual = actual.detach().cpu()
+        want = param.held_as(actual.dtype)
         for piece in param.pieces:
             if piece.source is None or piece.source.name not in covered:
                 continue
-            if same_bits(actual[piece.dst], param.value[piece.dst]):
+            if same_bits(actual[piece.dst], want[piece.dst]):
                 source = replace(piece.source, scale=None, block=None)
                 source_view(covered, source)[piece.src] = True
                 if piece.source.scale in covered:  # dequantised at load: its scale is held too

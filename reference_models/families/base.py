@@ -90,6 +90,13 @@ class FamilySpec:
                 del config[key]
         return config
 
+    def kept_in_float32(self, arch) -> frozenset[str]:
+        """Runtime parameters the model's own code keeps in float32 whatever the model dtype
+        (DeepSeek-V3.2's indexer: transformers' ``_keep_in_fp32_modules``, vLLM's float32
+        ``k_norm``): an engine may hold them in float32, as the exact cast of the value its
+        rule gives (docs/runtime-layout.md), or in the model dtype."""
+        return frozenset()
+
     def layout(self, arch, placement, fmt: str = "default") -> dict[str, Any]:
         """Runtime parameter name -> layout rule (``weightcheck.reference_models.families.rules``)."""
         raise NotImplementedError

@@ -72,6 +72,16 @@ class DeepseekV32(Llama):
             rules[x + f"k_norm.{kind}"] = Replicated(Source(x + f"k_norm.{kind}"))
         return rules
 
+    def kept_in_float32(self, arch) -> frozenset[str]:
+        """The indexer's ``weights_proj`` (transformers: ``_keep_in_fp32_modules``; here inside
+        the fused ``wk_weights_proj``) and ``k_norm`` (a float32 LayerNorm in DeepSeek's and
+        vLLM's code)."""
+        return frozenset(
+            f"model.layers.{i}.self_attn.indexer.{name}"
+            for i in range(arch.num_layers)
+            for name in ("wk_weights_proj.weight", "k_norm.weight", "k_norm.bias")
+        )
+
     @staticmethod
     def dequantized(arch, module: str) -> Source:
         """``module.weight`` in the model dtype: dequantised by its scale when FP8."""

@@ -26,6 +26,16 @@ class ExpectedParam:
     name: str
     value: torch.Tensor
     pieces: tuple[Piece, ...]
+    # the model's code keeps it in float32 (FamilySpec.kept_in_float32): float32 holding the
+    # exact cast of ``value`` is right too
+    float32_allowed: bool = False
+
+    def held_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """What a parameter held in ``dtype`` must equal: the float32 cast where the model keeps
+        it in float32 (exact), else ``value`` (another dtype is then a mismatch)."""
+        if dtype == torch.float32 and self.float32_allowed:
+            return self.value.to(torch.float32)
+        return self.value
 
     @property
     def sources(self) -> frozenset[str]:
@@ -117,6 +127,7 @@ def expected_state(
     the dequantisation definition, and no scale parameters.
     """
     shapes = checkpoint_shapes(arch, fmt)
+    kept = families.family_spec(arch.family).kept_in_float32(arch)
     params = {}
     for name, rule in expected_layout(arch, placement, fmt).items():
         if dequantized and isinstance(rule, InDtype):
@@ -130,7 +141,7 @@ def expected_state(
         for piece in pieces:
             if piece.source is not None:
                 value[piece.dst] = source_view(tensors, piece.source)[piece.src].to(value.dtype)
-        params[name] = ExpectedParam(name, value, tuple(pieces))
+        params[name] = ExpectedParam(name, value, tuple(pieces), float32_allowed=name in kept)
     return Expected(params)
 
 
