@@ -124,6 +124,8 @@ def matrix(records: list[TestRecord], caps: Capabilities) -> list[dict[str, Any]
             drew = [r for r in records if r.features.get(key)]
             if any(r.outcome == "failed" for r in drew):
                 note = "the tests that drew it failed first"
+            elif any(r.outcome == "xfailed" for r in drew):
+                note = "the tests that drew it are known failures (on other examples)"
             elif any(r.outcome == "skipped" for r in drew):
                 note = "the tests that drew it were not exercised"
             else:

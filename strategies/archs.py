@@ -124,9 +124,10 @@ def flag(caps: Capabilities, feature: str) -> st.SearchStrategy[bool]:
 
 
 @functools.lru_cache(maxsize=None)
-def loras(family_name: str) -> st.SearchStrategy[LoRA]:
-    """LoRA wrappings of the layer kinds the family registry lists; shrinks to one target."""
-    targets = family(family_name).lora_targets
+def loras(family_name: str, targets: tuple[str, ...] | None = None) -> st.SearchStrategy[LoRA]:
+    """LoRA wrappings of the layer kinds the family registry lists (or of ``targets``, some of
+    them); shrinks to one target."""
+    targets = family(family_name).lora_targets if targets is None else targets
     return st.builds(
         LoRA,
         targets=st.lists(st.sampled_from(targets), min_size=1, unique=True).map(tuple),

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import reject
+
+from weightcheck.arch import LoRA
+from weightcheck.families import family
 from weightcheck.strategies.archs import loras
 
 from ..assertions import fail
@@ -25,9 +29,19 @@ class LoraEquivalence(Property):
         return "the case has no LoRA wrapping" if case.arch.lora is None else None
 
     def draw(self, data, case, caps):
+        """A wrapping of the targets the loader can hold at this placement (its
+        ``Capabilities.placements`` sees the arch with LoRA: vLLM cannot wrap MoE experts on
+        CPU); shrinks to one target."""
         if case.arch.lora is None:
-            lora = data.draw(loras(case.arch.family), label="lora")
-            case = replace(case, arch=replace(case.arch, lora=lora))
+            arch = case.arch
+            held = tuple(
+                t for t in family(arch.family).lora_targets
+                if caps.placement_reason(case.placement, replace(arch, lora=LoRA(targets=(t,), rank=1))) is None
+            )
+            if not held:
+                reject()  # the loader wraps no target of this family at this placement
+            lora = data.draw(loras(arch.family, held), label="lora")
+            case = replace(case, arch=replace(arch, lora=lora))
         return case, {}
 
     def run(self, loader, case, extras):
