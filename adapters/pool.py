@@ -205,8 +205,14 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj):
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(obj, torch.Tensor):
-            tensor = obj.detach().to("cpu").contiguous()
-            data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+            tensor = obj.detach().to("cpu")
+            # contiguous() keeps a tensor whose size-1 dimensions have strides other than 1 (it
+            # counts as contiguous), and such a tensor cannot be viewed as bytes: copy it into
+            # a fresh, densely strided one-dimensional tensor instead.
+            flat = tensor.reshape(-1)
+            if flat.numel() and flat.stride(-1) != 1:
+                flat = flat.clone(memory_format=torch.contiguous_format)
+            data = flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
             return _rebuild_tensor, (str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), data)
         return NotImplemented
 

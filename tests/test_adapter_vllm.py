@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("vllm")
 
 from weightcheck.adapters import vllm_loader  # noqa: E402
-from weightcheck.capabilities import FEATURES  # noqa: E402
+from weightcheck.capabilities import FEATURES, PROMISES  # noqa: E402
 from weightcheck.families import FAMILY_NAMES  # noqa: E402
 
 
@@ -41,14 +41,20 @@ def test_canonical_names_of_a_set():
     }
 
 
-def test_capabilities_are_every_parallelism_without_lora():
+def test_capabilities_are_every_family_parallelism_and_lora():
     caps = vllm_loader.loader.capabilities
-    assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"} <= set(FAMILY_NAMES)
-    assert caps.features <= set(FEATURES)
-    assert {"tensor_parallel", "pipeline_parallel", "expert_parallel"} <= caps.features
-    assert "lora" not in caps.features
+    assert caps.families == set(FAMILY_NAMES)
+    assert caps.features <= set(FEATURES) | set(PROMISES)
+    assert {"tensor_parallel", "pipeline_parallel", "expert_parallel", "lora"} <= caps.features
+    assert "in_place_reload" not in caps.features  # true in vLLM, invisible through the pool
     assert caps.placements is vllm_loader.placement_reason
     assert vllm_loader.loader.name.startswith("vllm ")
+
+
+def test_the_adapter_ships_its_expectations_and_regression_cases():
+    loader = vllm_loader.loader
+    assert loader.expectations.name == "vllm.txt" and loader.expectations.is_file()
+    assert loader.regressions.name == "vllm" and any(loader.regressions.glob("*.json"))
 
 
 def _placement(tp=1, tp_rank=0, pp=1, pp_rank=0, ep=1, ep_rank=0, kind="linear", layers=4):
@@ -178,20 +184,35 @@ def test_load_ranks_loads_a_whole_world_in_one_run():
 
 
 def test_load_ranks_returns_each_ranks_exception():
-    """vLLM refuses tp > num_experts for Qwen3-MoE: every rank's error comes back, in order."""
+    """Every rank's result comes back in order, a rank's exception in its place: vLLM's
+    Qwen3-MoE refuses a pipeline stage whose layers are all dense (finding 7), the other
+    stage builds and loads."""
     from dataclasses import replace
 
     from weightcheck.arch import MoE
     from weightcheck.conformance.properties.all_ranks import ranks
     from weightcheck.fixtures.materialize import scratch_dir, write_case
 
-    arch = replace(_tiny_moe(), moe=MoE(1, 1, 8))
-    placements = ranks(_placement(tp=2), vllm_loader.loader.capabilities)
+    arch = replace(_tiny_moe(), num_layers=2, moe=MoE(4, 2, 8, dense_layers=(0,)))
+    placements = ranks(_placement(pp=2, layers=2), vllm_loader.loader.capabilities)
     with scratch_dir() as path:
         checkpoint = write_case(_case(arch, placements[0]), path)
         results = vllm_loader.loader.load_ranks(arch, placements, checkpoint)
-    assert [type(r) for r in results] == [ValueError, ValueError]
-    assert "greater than the number of experts" in str(results[1])
+    assert type(results[0]) is RuntimeError
+    assert "No Qwen3MoE layer found" in str(results[0])
+    state, loaded = results[1]
+    assert "model.layers.1.mlp.experts.w13_weight" in state and loaded
+
+
+def test_tp_above_the_expert_count_is_declared_unsupported():
+    """vLLM's Qwen MoE refuses tp > num_experts (without ep): declared, never built."""
+    from dataclasses import replace
+
+    from weightcheck.arch import MoE
+
+    arch = replace(_tiny_moe(), moe=MoE(1, 1, 8))
+    assert "larger than the number of experts" in vllm_loader.placement_reason(_placement(tp=2), arch)
+    assert vllm_loader.placement_reason(_placement(tp=2), _tiny_moe()) is None
 
 
 def test_single_rank_in_this_process():
@@ -360,3 +381,142 @@ def test_a_stream_consumed_in_a_rank_process_is_counted_here():
         assert again.consumed == 2 * len(case.recipe.names)
     assert _problems(case, state, loaded) == []
     assert _problems(case, *results[1]) == []
+
+
+def test_a_checkpoint_directory_is_read_by_vllms_own_reader():
+    """A plain Checkpoint is read with DefaultModelLoader's reader: a shard the index names but
+    that is missing is vLLM's FileNotFoundError (the suite's own reader is never used)."""
+    from weightcheck.arch import Arch, Placement
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40)
+    names = sorted(checkpoint_specs(arch, "default"))
+    case = Case(arch, Placement((1,)), CheckpointRecipe(0, [names[:6], names[6:]], "default"))
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        sorted(path.glob("*.safetensors"))[1].unlink()
+        with pytest.raises(FileNotFoundError, match="referenced in index but missing"):
+            loader.load(loader.build(arch, case.placement), checkpoint)
+
+
+def test_a_weight_stream_is_loaded_group_by_group():
+    """Any other checkpoint object is a caller's stream (vLLM's weight sync): one load_weights
+    call per group of weight_groups(), the loaded sets united."""
+    from weightcheck.arch import Arch, Placement
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    arch = Arch("llama", 16, 1, 2, 2, 8, 16, 40)
+    case = Case(arch, Placement((1,)), CheckpointRecipe(0, [sorted(checkpoint_specs(arch, "default"))], "default"))
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    with scratch_dir() as path:
+        pairs = list(write_case(case, path).weights())
+
+    class Stream:
+        calls = 0
+
+        def weight_groups(self):
+            for i in range(0, len(pairs), 3):
+                Stream.calls += 1
+                yield iter(pairs[i : i + 3])
+
+    model = loader.build(arch, case.placement)
+    loaded = loader.load(model, Stream())
+    assert Stream.calls == -(-len(pairs) // 3)
+    assert _problems(case, loader.state(model), loaded) == []
+
+
+def test_lora_wraps_with_vllms_own_manager():
+    """vLLM's LoRA manager wraps the targets (qkv_proj.base_layer.weight, also Qwen2-MoE's
+    shared_expert.gate_up_proj); the base weights load exactly and are tracked under the
+    base_layer names (vLLM reports them unwrapped; the adapter names the parameter)."""
+    from weightcheck.arch import Arch, LoRA, MoE, Placement
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    arch = Arch("qwen2_moe", 16, 2, 4, 2, 4, 8, 40, moe=MoE(4, 2, 8, 8, dense_layers=(0,)), lora=LoRA(("gate_up", "qkv"), 3))
+    case = Case(arch, Placement((2,)), CheckpointRecipe(0, [sorted(checkpoint_specs(arch, "fused_experts"))], "fused_experts"))
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        model = loader.build(arch, case.placement)
+        loaded = loader.load(model, checkpoint)
+        state = loader.state(model)
+    assert "model.layers.1.mlp.shared_expert.gate_up_proj.base_layer.weight" in state
+    assert "model.layers.0.self_attn.qkv_proj.base_layer.weight" in loaded
+    assert not any("lora" in n for n in state)
+    assert _problems(case, state, loaded) == []
+
+
+def test_experts_lora_is_declared_unsupported():
+    from weightcheck.arch import LoRA
+
+    arch = _tiny_moe(lora=LoRA(("experts",), 1))
+    assert "cannot wrap MoE experts for LoRA" in vllm_loader.placement_reason(_placement(), arch)
+    assert vllm_loader.placement_reason(_placement(), _tiny_moe(lora=LoRA(("qkv",), 1))) is None
+
+
+def test_in_place_reload_after_processing_keeps_every_parameters_storage():
+    """vLLM's in-place reload (initialize/finalize_layerwise_reload) after
+    process_weights_after_loading: the second checkpoint's values, in the same storage.  (The
+    promise is not declared: through the pool, state() sends copies.)"""
+    from weightcheck.arch import Arch, Placement
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    arch = Arch("llama", 16, 2, 4, 2, 4, 8, 40)
+    names = [sorted(checkpoint_specs(arch, "default"))]
+    first, second = (Case(arch, Placement((2,)), CheckpointRecipe(s, names, "default")) for s in (0, 1))
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    with scratch_dir() as p1, scratch_dir() as p2:
+        c1, c2 = write_case(first, p1), write_case(second, p2)
+        model = loader.build(arch, first.placement)
+        loader.load(model, c1)
+        loader.process_weights_after_loading(model)
+        before = {n: t.data_ptr() for n, t in loader.state(model).items()}
+        loaded = loader.load(model, c2)
+        loader.process_weights_after_loading(model)
+        state = loader.state(model)
+    assert {n: t.data_ptr() for n, t in state.items()} == before
+    assert _problems(second, state, loaded) == []
+
+
+def test_moe_processing_needs_a_kernel_the_wheel_lacks():
+    import torch
+
+    if hasattr(torch.ops._C, "prepack_moe_weight"):
+        pytest.skip("this vLLM build has its CPU MoE kernels")
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    model = loader.build(_tiny_moe(), _placement())
+    with pytest.raises(NotImplementedError, match="prepack_moe_weight"):
+        loader.process_weights_after_loading(model)
+
+
+def test_deepseek_v32_builds_with_the_sparse_attention_stubbed_at_construction_only():
+    """vLLM's CPU platform refuses sparse MLA attention; the adapter answers CPU_MLA during
+    construction only, and vLLM's own load_weights fuses the indexer's wk and weights_proj."""
+    from vllm.platforms import current_platform
+
+    from weightcheck.arch import MLA, Arch, Placement
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    original = type(current_platform).__dict__["get_attn_backend_cls"]
+    arch = Arch("deepseek_v32", 16, 2, 2, 2, 8, 12, 40, mla=MLA(6, 4, 2, 2, 3, 2, 4))
+    case = Case(arch, Placement((2,)), CheckpointRecipe(0, [sorted(checkpoint_specs(arch, "default"))], "default"))
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        model = loader.build(arch, case.placement)
+        assert type(current_platform).__dict__["get_attn_backend_cls"] is original
+        loaded = loader.load(model, checkpoint)
+        state = loader.state(model)
+    assert "model.layers.0.self_attn.indexer.wk_weights_proj.weight" in state
+    assert _problems(case, state, loaded) == []  # float32: the k_norm dtype question does not arise

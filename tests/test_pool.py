@@ -194,6 +194,33 @@ def test_tensors_come_back_as_bytes_without_shared_memory(pool):
     assert not any(_shm_entries(pid) for pid in world.pids)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.arange(4.0)[::2][:1].reshape(1, 1),  # "contiguous", yet stride 2
+        lambda: torch.arange(4.0)[::2][:1],
+        lambda: torch.arange(6.0).reshape(3, 2).t()[:1],
+        lambda: torch.arange(6.0).reshape(2, 3).t(),
+        lambda: torch.zeros(0, 3).t(),
+        lambda: torch.arange(8, dtype=torch.float32).to(torch.float8_e4m3fn)[::2],
+    ],
+)
+def test_any_strided_tensor_travels_exactly(make):
+    """A parameter vLLM's processing leaves with odd strides (MLA's transposed views: size-1
+    dimensions with strides other than 1 count as contiguous) comes back exactly."""
+    import pickle
+
+    from weightcheck.adapters.pool import _dumps
+
+    tensor = make()
+    back = pickle.loads(_dumps(tensor))
+    assert back.shape == tensor.shape and back.dtype == tensor.dtype
+    def as_bytes(t):  # float8 has no torch.equal; compare the bytes of a fresh dense copy
+        return t.reshape(-1).clone(memory_format=torch.contiguous_format).view(torch.uint8)
+
+    assert torch.equal(as_bytes(back), as_bytes(tensor))
+
+
 def test_worlds_of_different_sizes_are_served_side_by_side(pool):
     two = _run(pool, 2, {"op": "pid"})
     three = _run(pool, 3, {"op": "pid"})
