@@ -1,6 +1,6 @@
-"""weightcheck adapter for SGLang 0.5.23 on CPU, at one rank: SGLang's REAL model classes, its
-own checkpoint reader and the models' own ``load_weights``, compared right after loading
-(before ``process_weights_after_loading``).
+"""weightcheck adapter for SGLang 0.5.23 on CPU, at tensor parallel 1, 2 and 4: SGLang's REAL
+model classes, its own checkpoint reader and the models' own ``load_weights``, compared right
+after loading (before ``process_weights_after_loading``).
 
 Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapters/run_sglang.sh``
 (docs/adapters/sglang.md).  Per example:
@@ -29,20 +29,28 @@ Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapt
   no checkpoint weights of the canonical layout) are left out, as SGLang's own weight checker
   leaves them out.
 
-Only single-rank placements (tp = pp = ep = 1) are declared: SGLang reads its tp/pp/ep rank from
-its process groups, which need one process per rank.  See ``features()`` for what else is and is
-not declared, and why.
+Tensor parallel: SGLang reads its tp rank from its process groups, which need one process per
+rank.  tp = 1 runs in this process; tp 2 and 4 run in persistent rank processes of
+``weightcheck.adapters.pool`` (``RankEngine``: one world per tp size, SGLang's topology published
+there as tp = world size, the model kept in the rank process behind a ``PoolModel`` handle; the
+all-ranks hook ``load_ranks`` loads a whole world in one run).  ``placement_reason`` declares what
+it cannot hold: pipeline and expert parallel (not attempted), tp 3, tp above a MoE's expert count.
+See ``features()`` for what else is and is not declared, and why.
 """
 
 from __future__ import annotations
 
 import atexit
 import copy
+import itertools
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -80,11 +88,11 @@ def canonical_names(names: Iterable[str]) -> set[str]:
 
 
 def suite_config(arch) -> dict:
-    """The suite's own ``config.json`` dict for ``arch`` (what it writes beside the checkpoint).
-    The one place this adapter reaches into the suite beyond the public types."""
-    from weightcheck.reference_models.families import family_spec
+    """The ``config.json`` dict the checkpoint carries for ``arch`` (``weightcheck.hf_config``:
+    optional fields left out as the arch says): SGLang's ``ModelConfig`` reads exactly that."""
+    from weightcheck import hf_config
 
-    return family_spec(arch.family).config(arch)
+    return hf_config(arch)
 
 
 class SglangModel:
@@ -96,10 +104,14 @@ class SglangModel:
 
 
 class _Runtime:
-    """Set up once per process: SGLang's imports, the distributed environment (world size 1,
-    gloo), the published single-rank topology and its model-parallel groups."""
+    """Set up once per process: SGLang's imports, the distributed environment (gloo), the
+    published topology and its model-parallel groups.  In this process: a world of one rank
+    (tp = 1).  In a rank process of the pool (``RankEngine``), where torch.distributed is
+    already set up over the pool's gloo world: rank ``rank`` of a world of ``world_size``, all of
+    it one tensor-parallel group (tp = world size; SGLang makes its groups from the published
+    widths, once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         from sglang.srt.distributed import parallel_state
         from sglang.srt.runtime_context import (
             SpawnRanks,
@@ -119,23 +131,28 @@ class _Runtime:
         atexit.register(shutil.rmtree, self.config_root, ignore_errors=True)
         self.config_dirs: dict[str, str] = {}
 
-        handle, path = tempfile.mkstemp(prefix="weightcheck-sglang-dist-")
-        os.close(handle)
-        os.unlink(path)
+        self.rank, self.world_size = rank, world_size
+        if torch.distributed.is_initialized():  # a rank process of the pool
+            method = "env://"
+        else:
+            handle, path = tempfile.mkstemp(prefix="weightcheck-sglang-dist-")
+            os.close(handle)
+            os.unlink(path)
+            method = f"file://{path}"
         parallel_state.init_distributed_environment(
-            world_size=1,
-            rank=0,
-            local_rank=0,
-            distributed_init_method=f"file://{path}",
+            world_size=world_size,
+            rank=rank,
+            local_rank=rank,
+            distributed_init_method=method,
             backend="gloo",
         )
         # What sglang.test.test_utils.publish_build_topology does (that module itself imports
-        # benchmark datasets): publish a single-rank CPU topology, keep the WORLD group.
+        # benchmark datasets): publish the CPU topology (tp = world size), keep the WORLD group.
         reset_context()
         publish(
-            ServerArgs(model_path="dummy", tp_size=1, ep_size=1, pp_size=1, device="cpu"),
+            ServerArgs(model_path="dummy", tp_size=world_size, ep_size=1, pp_size=1, device="cpu"),
             role="test",
-            ranks=SpawnRanks(world_rank=0),
+            ranks=SpawnRanks(world_rank=rank),
         )
         if parallel_state._WORLD is not None:
             get_parallel().override_permanently(world_group=parallel_state._WORLD)
@@ -166,7 +183,9 @@ class _Runtime:
 def features(environ=os.environ) -> set[str]:
     """The declared features; docs/adapters/sglang.md says why each missing one is missing:
 
-    - tensor/pipeline/expert parallel: one process per rank needed (a rank pool is being built).
+    - tensor_parallel: declared; tp > 1 ranks run in rank processes of weightcheck.adapters.pool
+      (``RankEngine``), tp 3 and tp above a MoE's expert count excluded (``placement_reason``).
+    - pipeline/expert parallel: not attempted (SGLang's published topology per world is tp only).
     - fused_expert_checkpoint: SGLang 0.5.23's Qwen2-MoE/Qwen3-MoE ``load_weights`` know only
       per-expert tensors; the transformers-v5 3-D ``mlp.experts.gate_up_proj``/``down_proj`` are
       skipped without a word (the experts keep uninitialised memory).
@@ -179,74 +198,312 @@ def features(environ=os.environ) -> set[str]:
     - fp8_block: SGLang refuses, at construction, block sizes that do not divide every shard of
       a merged layer (the random profile's usual case), and its Llama drops every block scale.
     """
-    declared = {"tied_embeddings", "attention_bias", "sharded_checkpoint"}
+    declared = {"tensor_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"}
     if environ.get("WEIGHTCHECK_SGLANG_FP8") == "1":
         declared.add("fp8_per_tensor")
     return declared
 
 
+def placement_reason(placement, arch=None) -> str | None:
+    """None when this adapter can hold this rank of ``arch`` in SGLang, else why not
+    (``Capabilities.placements``).  Tensor parallel only: one pool world per tp size, whose
+    published topology is tp = world size."""
+    if placement.pp_size > 1 or placement.ep_size > 1:
+        return "this adapter runs SGLang at tensor parallel only (no pipeline or expert parallel)"
+    if arch is not None and arch.moe is not None and placement.tp_size > arch.moe.num_experts:
+        return (
+            f"SGLang's FusedMoE refuses a tp size ({placement.tp_size}) larger than the number of "
+            f"experts ({arch.moe.num_experts}) (\"Tensor parallel size ... is greater than the "
+            "number of experts\")"
+        )
+    if placement.tp_size == 3:
+        return (
+            "SGLang pads the vocabulary to a multiple of 64 and asserts that the tp size divides "
+            "it (VocabParallelEmbedding): tp 3 fails for most vocab sizes"
+        )
+    return None
+
+
+def build_model(runtime: _Runtime, arch: Arch, placement: Placement) -> SglangModel:
+    """What ``DefaultModelLoader.load_model`` does before reading weights, on CPU, in the
+    process whose runtime holds the placement's rank."""
+    from sglang.srt.configs.load_config import LoadConfig
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.distributed import parallel_state
+    from sglang.srt.model_loader.loader import _get_quantization_config, _initialize_model
+    from sglang.srt.model_loader.utils import get_model_architecture, set_default_torch_dtype
+
+    if arch.lora is not None:
+        raise NotImplementedError("this adapter does not support LoRA wrapping")
+    reason = placement_reason(placement, arch)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    got = (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size())
+    if got != (placement.tp_rank, placement.tp_size):
+        raise RuntimeError(f"SGLang's groups put this process at tp {got}, the placement is "
+                           f"tp {(placement.tp_rank, placement.tp_size)}")
+    model_config = ModelConfig(runtime.config_dir(suite_config(arch)), dtype=arch.dtype)
+    load_config = LoadConfig()
+    _, arch_name = get_model_architecture(model_config)
+    if arch_name != SGLANG_ARCHITECTURES[arch.family]:
+        raise RuntimeError(f"SGLang chose {arch_name} for {arch.family}")
+    quant_config = _get_quantization_config(model_config, load_config)
+    with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
+        module = _initialize_model(model_config, load_config, quant_config)
+    return SglangModel(module, model_config)
+
+
+def load_model(model: SglangModel, path: str) -> None:
+    """SGLang's reader on the checkpoint directory ``path`` into the model's own
+    ``load_weights``, as ``DefaultModelLoader.load_model`` does before post-processing.  Returns
+    None: SGLang does not track which parameters it loaded (see the module docstring)."""
+    from sglang.srt.configs.load_config import LoadConfig
+    from sglang.srt.model_loader.loader import DefaultModelLoader
+    from sglang.srt.model_loader.utils import set_default_torch_dtype
+
+    # The ModelConfig the model was built from, pointing at the checkpoint directory.
+    source_config = copy.copy(model.model_config)
+    source_config.model_path = os.path.abspath(path)
+    reader = DefaultModelLoader(LoadConfig())
+    with set_default_torch_dtype(model.model_config.dtype), torch.no_grad():
+        weights = reader._get_all_weights(source_config, model.module)
+        DefaultModelLoader.load_weights_only(model.module, weights, torch.device("cpu"))
+    return None
+
+
+def model_state(model: SglangModel) -> dict[str, torch.Tensor]:
+    return {
+        canonical_name(n): p
+        for n, p in model.module.named_parameters()
+        if not getattr(p, "_skip_weight_check", False)
+    }
+
+
+# --- ranks of tensor-parallel worlds: processes of weightcheck.adapters.pool --------------------
+
+MAX_MODELS = 8  # models a rank process keeps for live handles (the oldest go first)
+
+# What the forkserver imports once, so that every rank process starts with SGLang imported.
+PRELOAD = (
+    "torch",
+    "torch.distributed",
+    "sglang",
+    "sglang.srt.configs.model_config",
+    "sglang.srt.distributed.parallel_state",
+    "sglang.srt.model_loader.loader",
+    "sglang.srt.model_loader.utils",
+    "sglang.srt.models.llama",
+    "sglang.srt.models.gpt2",
+    "sglang.srt.models.qwen2_moe",
+    "sglang.srt.models.qwen3_moe",
+    "weightcheck.reference_models.families",
+    "weightcheck.adapters.sglang_loader",
+)
+
+
+class RankEngine:
+    """One rank process's side of the adapter (the pool's engine): requests are dicts with an
+    ``op``; models built for handles are kept by key until freed."""
+
+    def __init__(self, rank: int, world_size: int, scratch: str):
+        self.runtime = _Runtime(rank, world_size)
+        self.models: "OrderedDict[int, SglangModel]" = OrderedDict()
+        self.timings: dict[str, list[float]] = {}  # op -> [seconds, count] (ci/pool_benchmark.py)
+
+    def handle(self, request: dict) -> Any:
+        if request["op"] == "timings":  # what this rank spent on each kind of request, reset
+            timings, self.timings = self.timings, {}
+            return timings
+        start = time.perf_counter()
+        try:
+            return self._handle(request)
+        finally:
+            entry = self.timings.setdefault(request["op"], [0.0, 0])
+            entry[0] += time.perf_counter() - start
+            entry[1] += 1
+
+    def _handle(self, request: dict) -> Any:
+        for key in request.get("free", ()):
+            self.models.pop(key, None)
+        op = request["op"]
+        if op == "noop":
+            return None
+        if op == "build":
+            self.models[request["key"]] = build_model(self.runtime, request["arch"], request["placement"])
+            while len(self.models) > MAX_MODELS:
+                self.models.popitem(last=False)
+            return None
+        if op == "load_ranks":
+            model = build_model(self.runtime, request["arch"], request["placement"])
+            load_model(model, request["path"])
+            return model_state(model), None
+        model = self.models.get(request["key"])
+        if model is None:
+            raise RuntimeError(
+                f"this rank no longer holds the model (more than {MAX_MODELS} were built since, "
+                "or it was freed); build it again"
+            )
+        if op == "load":
+            return load_model(model, request["path"])
+        if op == "state":
+            return model_state(model)
+        raise ValueError(f"unknown request {op!r}")
+
+    def close(self) -> None:
+        self.models.clear()
+
+
+class PoolModel:
+    """A handle to a model living in a rank process of the pool."""
+
+    def __init__(self, loader: "SglangLoader", world, rank: int, key: int):
+        self.world, self.generation, self.rank, self.key = world, world.generation, rank, key
+        weakref.finalize(self, loader._forget, world.size, self.generation, rank, key)
+
+    def __repr__(self) -> str:
+        return f"<SGLang model {self.key} at tp rank {self.rank} of {self.world.size}>"
+
+
+HERE = Path(__file__).resolve().parent
+
+
 class SglangLoader:
-    name = f"sglang {sglang.__version__} (CPU engine, one rank)"
-    capabilities = Capabilities(families=set(SGLANG_ARCHITECTURES), features=features())
-    # Shipped with the adapter, used by default (--no-adapter-defaults leaves it out).
-    expectations = Path(__file__).resolve().parent / "expectations" / "sglang.txt"
+    name = f"sglang {sglang.__version__} (CPU engine)"
+    capabilities = Capabilities(
+        families=set(SGLANG_ARCHITECTURES), features=features(), placements=placement_reason
+    )
+    # Shipped with the adapter and used by default (--no-adapter-defaults leaves them out): the
+    # known failures of SGLang 0.5.23 (one-line reason each) and the findings' regression cases.
+    expectations = HERE / "expectations" / "sglang.txt"
+    regressions = HERE / "regressions" / "sglang"
 
     def __init__(self) -> None:
         self._runtime: _Runtime | None = None
+        self._pool = None
+        self._keys = itertools.count(1)
+        self._free: dict[tuple[int, int, int], list[int]] = {}
 
     @property
     def runtime(self) -> _Runtime:
+        """This process's own one-rank SGLang (tp = 1 examples)."""
         if self._runtime is None:
             self._runtime = _Runtime()
         return self._runtime
 
-    def build(self, arch: Arch, placement: Placement) -> SglangModel:
-        from sglang.srt.configs.load_config import LoadConfig
-        from sglang.srt.configs.model_config import ModelConfig
-        from sglang.srt.model_loader.loader import _get_quantization_config, _initialize_model
-        from sglang.srt.model_loader.utils import get_model_architecture, set_default_torch_dtype
+    @property
+    def pool(self):
+        """Rank processes for tp > 1: one world per tp size (weightcheck.adapters.pool)."""
+        if self._pool is None:
+            from weightcheck.adapters.pool import RankPool
 
-        if (placement.tp_size, placement.pp_size, placement.ep_size) != (1, 1, 1):
-            raise NotImplementedError(
-                "this adapter runs one rank in one process: tensor, pipeline and expert "
-                "parallel are not supported"
+            self._pool = RankPool(
+                f"{__name__}:RankEngine",
+                preload=PRELOAD,
+                env={"SGLANG_USE_CPU_ENGINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                threads=1,
+                name="weightcheck-sglang",
             )
-        if arch.lora is not None:
-            raise NotImplementedError("this adapter does not support LoRA wrapping")
-        runtime = self.runtime
-        model_config = ModelConfig(runtime.config_dir(suite_config(arch)), dtype=arch.dtype)
-        load_config = LoadConfig()
-        _, arch_name = get_model_architecture(model_config)
-        if arch_name != SGLANG_ARCHITECTURES[arch.family]:
-            raise RuntimeError(f"SGLang chose {arch_name} for {arch.family}")
-        quant_config = _get_quantization_config(model_config, load_config)
-        with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
-            module = _initialize_model(model_config, load_config, quant_config)
-        return SglangModel(module, model_config)
+        return self._pool
 
-    def load(self, model: SglangModel, checkpoint: Checkpoint) -> None:
-        """SGLang's reader on ``checkpoint.path`` into the model's own ``load_weights``, as
-        ``DefaultModelLoader.load_model`` does before post-processing.  Returns None: SGLang
-        does not track which parameters it loaded (see the module docstring)."""
-        from sglang.srt.configs.load_config import LoadConfig
-        from sglang.srt.model_loader.loader import DefaultModelLoader
-        from sglang.srt.model_loader.utils import set_default_torch_dtype
+    def _forget(self, size: int, generation: int, rank: int, key: int) -> None:
+        self._free.setdefault((size, generation, rank), []).append(key)
 
-        # The ModelConfig the model was built from, pointing at the checkpoint directory.
-        source_config = copy.copy(model.model_config)
-        source_config.model_path = os.path.abspath(checkpoint.path)
-        reader = DefaultModelLoader(LoadConfig())
-        with set_default_torch_dtype(model.model_config.dtype), torch.no_grad():
-            weights = reader._get_all_weights(source_config, model.module)
-            DefaultModelLoader.load_weights_only(model.module, weights, torch.device("cpu"))
-        return None
+    def _frees(self, world, rank: int) -> list[int]:
+        for stale in [k for k in self._free if k[0] == world.size and k[1] != world.generation]:
+            del self._free[stale]
+        return self._free.pop((world.size, world.generation, rank), [])
 
-    def state(self, model: SglangModel) -> dict[str, torch.Tensor]:
-        return {
-            canonical_name(n): p
-            for n, p in model.module.named_parameters()
-            if not getattr(p, "_skip_weight_check", False)
-        }
+    def _call(self, model: PoolModel, request: dict) -> Any:
+        from weightcheck.adapters.pool import RankFailed
+
+        request["key"] = model.key
+        request["free"] = self._frees(model.world, model.rank)
+        try:
+            return model.world.call(model.rank, request, generation=model.generation)
+        except RankFailed as err:
+            raise err.exception() from None
+
+    # -- the protocol
+
+    def build(self, arch: Arch, placement: Placement) -> SglangModel | PoolModel:
+        reason = placement_reason(placement, arch)
+        if reason is not None:
+            raise NotImplementedError(reason)
+        if placement.tp_size == 1:
+            return build_model(self.runtime, arch, placement)
+        from weightcheck.adapters.pool import RankFailed
+
+        world = self.pool.world(placement.tp_size)
+        key = next(self._keys)
+        request = {"op": "build", "key": key, "arch": arch, "placement": placement}
+        request["free"] = self._frees(world, placement.tp_rank) if world.running else []
+        try:  # the world starts on first use: the handle takes the generation it built in
+            world.call(placement.tp_rank, request)
+        except RankFailed as err:
+            raise err.exception() from None
+        return PoolModel(self, world, placement.tp_rank, key)
+
+    def load(self, model: SglangModel | PoolModel, checkpoint: Checkpoint) -> None:
+        """SGLang reads ``checkpoint.path`` itself (in the rank's process); returns None."""
+        if isinstance(model, PoolModel):
+            return self._call(model, {"op": "load", "path": os.path.abspath(checkpoint.path)})
+        return load_model(model, checkpoint.path)
+
+    def state(self, model: SglangModel | PoolModel) -> dict[str, torch.Tensor]:
+        if isinstance(model, PoolModel):
+            return self._call(model, {"op": "state"})
+        return model_state(model)
+
+    def load_ranks(self, arch: Arch, placements, checkpoint: Checkpoint) -> list:
+        """Build and load every given rank (tp ranks of one world) in one world run: each
+        rank's ``(state, None)``, or the exception it raised, in the order given."""
+        from weightcheck.adapters.pool import RankFailed
+
+        placements = list(placements)
+        out: list[Any] = [None] * len(placements)
+        at_rank: dict[int, int] = {}
+        sizes = set()
+        for i, placement in enumerate(placements):
+            reason = placement_reason(placement, arch)
+            if reason is not None:
+                out[i] = NotImplementedError(reason)
+                continue
+            sizes.add(placement.tp_size)
+            at_rank[placement.tp_rank] = i
+        if not at_rank:
+            return out
+        if len(sizes) != 1:
+            raise ValueError(f"the placements are ranks of worlds of different sizes {sorted(sizes)}")
+        (size,) = sizes
+        path = os.path.abspath(checkpoint.path)
+        if size == 1:
+            for i in at_rank.values():
+                try:
+                    model = build_model(self.runtime, arch, placements[i])
+                    load_model(model, path)
+                    out[i] = (model_state(model), None)
+                except Exception as exc:  # noqa: BLE001  (each rank's exception in its place)
+                    out[i] = exc
+            return out
+        world = self.pool.world(size)
+
+        def request(rank):
+            i = at_rank.get(rank)
+            if i is None:
+                return {"op": "noop", "free": self._frees(world, rank)}
+            return {"op": "load_ranks", "arch": arch, "placement": placements[i], "path": path,
+                    "free": self._frees(world, rank)}
+
+        results = world.run([request(rank) for rank in range(size)])
+        for rank, i in at_rank.items():
+            result = results[rank]
+            out[i] = result.exception() if isinstance(result, RankFailed) else tuple(result)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 loader = SglangLoader()
