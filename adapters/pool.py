@@ -26,9 +26,10 @@ of the world (logs, sockets, config files), removed when the world stops.
   is stopped to make room).  ``World.generation`` changes whenever a world is (re)started: a
   caller holding per-world state (a model built in a rank process) passes
   ``generation=...`` and gets ``WorldReplaced`` instead of a silently different world.
-- Recycling: a world is restarted before an unpinned run once it has served
-  ``recycle_after`` runs (engines leak a little per example); runs pinned to a generation
-  never trigger it.
+- Recycling: a world is restarted before an unpinned run or call once it has served
+  ``recycle_after`` unpinned runs and calls (engines leak a little per example; an adapter
+  that builds on one rank with ``call``, as SGLang's, counts its builds); requests pinned to a
+  generation never trigger it.
 - Timeouts: a run that does not finish in ``timeout`` seconds raises ``WorldTimeout``, which
   names the ranks that did not finish and where each one was (its Python stack, taken with
   ``faulthandler``), telling apart ranks stuck in a ``torch.distributed`` collective from the
@@ -586,6 +587,8 @@ class World:
             raise ValueError(f"rank {rank} is not in a world of {self.size}")
         self._ready(generation)
         self.stats.calls += 1
+        if generation is None:  # an unpinned call starts an example (an engine's build) too
+            self.runs_since_start += 1
         result = self._exchange([rank], [request], timeout)[0]
         if isinstance(result, RankFailed):
             raise result

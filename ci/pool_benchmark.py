@@ -1,10 +1,18 @@
 #!/usr/bin/env python
-"""vLLM through the rank pool (weightcheck.adapters.pool): throughput, start-up, recycling,
-memory, and a soak.  A benchmark script, not a test: it prints markdown (``--json`` writes the
-numbers).
+"""vLLM or SGLang through the rank pool (weightcheck.adapters.pool): throughput, start-up,
+recycling, memory, and a soak.  A benchmark script, not a test: it prints markdown (``--json``
+writes the numbers).
 
     PYTHONPATH="$(bash ci/adapters/install_vllm.sh --print-path):$PWD" VLLM_TARGET_DEVICE=cpu \\
         python ci/pool_benchmark.py [--examples 40] [--soak 1000] [--json OUT]
+    PYTHONPATH="$(bash ci/adapters/install_sglang.sh --print-path):$PWD" SGLANG_USE_CPU_ENGINE=1 \\
+        python ci/pool_benchmark.py --engine sglang [--examples 40] [--soak 1000] [--json OUT]
+
+``--engine sglang`` (adapters/sglang_loader.py) differs where SGLang's adapter does: it runs
+tensor parallel 1, 2 and 4 only (world size = tp size), tp 1 always in this process (so the
+1-rank row is the in-process one, and the pool rows are 2 and 4 ranks), worlds of 1, 2 and 4
+at start-up, the memory build at tp 4, recycling at tp 2 and the soak on tp 2 only (per-expert
+checkpoints: SGLang does not declare fused expert checkpoints).  The rest below is vLLM's run.
 
 - Start-up: the first world (forkserver start with vLLM preloaded), then worlds of 1, 2, 4 and
   8 ranks from the warm forkserver; memory (RSS, PSS) and fds per rank process.
@@ -45,6 +53,7 @@ if str(REPO) not in sys.path:
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -56,21 +65,84 @@ from weightcheck.conformance.harness import Harness  # noqa: E402
 from weightcheck.conformance.timing import Clock  # noqa: E402
 
 
+# --- the engines -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What differs between the engines' adapters, for this benchmark."""
+
+    name: str  # --engine
+    title: str  # in the report
+    module: str  # the adapter's module
+    pool_sizes: tuple[int, ...]  # worlds of the throughput table run in the pool
+    startup_sizes: tuple[int, ...]  # worlds started from the warm forkserver
+
+    def adapter(self):
+        import importlib
+
+        return importlib.import_module(self.module)
+
+    def version(self) -> str:
+        if self.name == "vllm":
+            return f"vllm {self.adapter().VLLM_VERSION}"
+        import sglang
+
+        return f"sglang {sglang.__version__}"
+
+    def pooled(self):
+        """A loader whose multi-rank worlds run in the pool."""
+        if self.name == "vllm":
+            return self.adapter().VllmLoader(single="pool")
+        return self.adapter().SglangLoader()
+
+    def world_size(self, placement) -> int:
+        if self.name == "vllm":
+            return self.adapter().layout(placement).world_size
+        return placement.tp_size  # SGLang's adapter: one world per tp size
+
+    def memory_case(self):
+        """A first build at 4 ranks: vLLM tp 2 x pp 2, SGLang tp 4."""
+        from weightcheck.arch import Arch, Placement
+
+        arch = Arch("llama", 64, 4, 4, 2, 16, 64, 100)
+        if self.name == "vllm":
+            return arch, Placement((2, 2), tp_size=2, tp_rank=1, pp_size=2, pp_rank=1)
+        return arch, Placement((4,), tp_size=4, tp_rank=1)
+
+    def recycling_placement(self):
+        """A world of 2: vLLM tp 2 x ep 2, SGLang tp 2."""
+        from weightcheck.arch import Placement
+
+        if self.name == "vllm":
+            return Placement((2,), tp_size=2, tp_rank=1, ep_size=2, ep_rank=1)
+        return Placement((2,), tp_size=2, tp_rank=1)
+
+
+ENGINES = {
+    "vllm": Engine("vllm", "vLLM", "weightcheck.adapters.vllm_loader", (1, 2, 4), (1, 2, 4, 8)),
+    # SGLang's adapter runs tp 1 in this process and tp 2, 4 in the pool (tp 1, 2, 4 only)
+    "sglang": Engine("sglang", "SGLang", "weightcheck.adapters.sglang_loader", (2, 4), (1, 2, 4)),
+}
+
+
 # --- the loader, restricted to worlds of one size ---------------------------------------------
 
 
 class OneWorldSize:
-    """The vLLM loader, declaring only placements whose vLLM world has ``size`` ranks."""
+    """The engine's loader, declaring only placements whose engine world has ``size`` ranks.
+    ``in_process``: the loader runs these worlds in this process (no pool to ask for timings)."""
 
-    def __init__(self, inner, size: int):
-        from weightcheck.adapters.vllm_loader import layout
-
-        self.inner, self.size = inner, size
+    def __init__(self, inner, size: int, engine: Engine | None = None, in_process: bool = False):
+        engine = engine or ENGINES["vllm"]
+        self.inner, self.size, self.engine = inner, size, engine
+        if in_process:
+            self._pool = None
         caps = inner.capabilities
 
         def reason(placement, arch):
             return caps.placement_reason(placement, arch) or (
-                None if layout(placement).world_size == size else f"benchmark: not a world of {size}"
+                None if engine.world_size(placement) == size else f"benchmark: not a world of {size}"
             )
 
         self.name = f"{inner.name}, worlds of {size}"
@@ -174,12 +246,13 @@ def run_property(loader_target, prop: str, family: str, examples: int, label: st
     return row
 
 
-def resolve_loader_from(target):
+def resolve_loader_from(target, engine: Engine | None = None):
     """A LoaderAdapter around an object (resolve_loader takes a module path)."""
     from weightcheck.conformance.protocol import LoaderAdapter
 
+    engine = engine or getattr(target, "engine", None) or ENGINES["vllm"]
     caps = Capabilities.coerce(getattr(target, "capabilities", None))
-    return LoaderAdapter(spec="weightcheck.adapters.vllm_loader", target=target, capabilities=caps)
+    return LoaderAdapter(spec=engine.module, target=target, capabilities=caps)
 
 
 # --- start-up, memory, recycling ------------------------------------------------------------
@@ -194,34 +267,33 @@ def memory_of(world) -> dict[str, float]:
     }
 
 
-def startup(loader) -> dict[str, Any]:
-    from weightcheck.arch import Arch, Placement
-
+def startup(loader, engine: Engine | None = None) -> dict[str, Any]:
+    engine = engine or ENGINES["vllm"]
     pool = loader.pool
     out: dict[str, Any] = {}
     start = time.perf_counter()
     pool.world(1).run([{"op": "noop"}])
-    out["first_world_s"] = time.perf_counter() - start  # forkserver start, vLLM imported once
-    for size in (1, 2, 4, 8):
+    out["first_world_s"] = time.perf_counter() - start  # forkserver start, the engine imported once
+    for size in engine.startup_sizes:
         world = pool.world(size)
         world.stop()
         start = time.perf_counter()
         world.run([{"op": "noop"}] * size)
         out[f"world_{size}_start_s"] = time.perf_counter() - start
-    # memory after a first build of each family at 4 ranks (tp 2 x pp 2)
-    arch = Arch("llama", 64, 4, 4, 2, 16, 64, 100)
-    model = loader.build(arch, Placement((2, 2), tp_size=2, tp_rank=1, pp_size=2, pp_rank=1))
+    # memory after a first build at 4 ranks (vLLM tp 2 x pp 2, SGLang tp 4)
+    arch, placement = engine.memory_case()
+    model = loader.build(arch, placement)
     del model
     out["memory_world_4"] = memory_of(pool.world(4))
     return out
 
 
-def recycling(loader, examples: int) -> dict[str, Any]:
+def recycling(loader, examples: int, engine: Engine | None = None) -> dict[str, Any]:
     """Restart a world of 2 and time its first example against warm ones."""
-    from weightcheck.arch import Arch, MoE, Placement
+    from weightcheck.arch import Arch, MoE
 
     arch = Arch("qwen3_moe", 64, 2, 4, 2, 16, 64, 100, moe=MoE(4, 2, 16))
-    placement = Placement((2,), tp_size=2, tp_rank=1, ep_size=2, ep_rank=1)
+    placement = (engine or ENGINES["vllm"]).recycling_placement()
 
     def one() -> float:
         start = time.perf_counter()
@@ -243,18 +315,20 @@ def recycling(loader, examples: int) -> dict[str, Any]:
             "recycle_cost_s": stop_s + start_s + first - warm}
 
 
-def soak_cases(examples: int, seed: int = 0):
-    """Qwen3-MoE cases on worlds of 2 ranks: tp 2, pp 2, ep 2 (DP 2) or tp 2 x ep 2, random
-    shapes, expert counts, dense layers, partitions and checkpoint layouts."""
+def soak_cases(examples: int, seed: int = 0, engine: Engine | None = None):
+    """Qwen3-MoE cases on worlds of 2 ranks: tp 2, pp 2, ep 2 (DP 2) or tp 2 x ep 2 (SGLang:
+    tp 2 only, per-expert checkpoints), random shapes, expert counts, dense layers, partitions
+    and checkpoint layouts."""
     import random
 
     from weightcheck.arch import Arch, MoE, Placement
     from weightcheck.fixtures.case import Case, CheckpointRecipe
     from weightcheck.reference_models.families import checkpoint_specs
 
+    sglang = engine is not None and engine.name == "sglang"
     rng = random.Random(seed)
     for i in range(examples):
-        kind = rng.choice(["tp", "pp", "ep", "tp_ep"])
+        kind = "tp" if sglang else rng.choice(["tp", "pp", "ep", "tp_ep"])
         tp = 2 if kind in ("tp", "tp_ep") else 1
         pp = 2 if kind == "pp" else 1
         ep = 2 if kind in ("ep", "tp_ep") else 1
@@ -273,28 +347,28 @@ def soak_cases(examples: int, seed: int = 0):
         rank = rng.randrange(2)
         placement = Placement(partition, tp, rank if tp == 2 else 0, pp, rank if pp == 2 else 0,
                               ep, rank if ep == 2 else 0)
-        fmt = rng.choice(["per_expert", "fused_experts"])
+        fmt = "per_expert" if sglang else rng.choice(["per_expert", "fused_experts"])
         names = sorted(checkpoint_specs(arch, fmt))
         rng.shuffle(names)
         files = [names] if rng.random() < 0.5 else [names[: len(names) // 2], names[len(names) // 2:]]
         yield Case(arch, placement, CheckpointRecipe(i, files, fmt))
 
 
-def soak(examples: int, recycle: int) -> dict[str, Any]:
+def soak(examples: int, recycle: int, engine: Engine | None = None) -> dict[str, Any]:
     """``examples`` roundtrip examples of Qwen3-MoE on worlds of 2 ranks (vLLM's MoE path leaks a
     little per example), run as the suite runs the property; windows of 100."""
-    from weightcheck.adapters import vllm_loader
     from weightcheck.conformance.properties import property_named
     from weightcheck.conformance.properties.base import LoaderRaised
 
+    engine = engine or ENGINES["vllm"]
     os.environ["WEIGHTCHECK_POOL_RECYCLE"] = str(recycle)
-    target = vllm_loader.VllmLoader(single="pool")
-    adapter = resolve_loader_from(target)
+    target = engine.pooled()
+    adapter = resolve_loader_from(target, engine)
     prop = property_named("roundtrip")
     windows: list[dict[str, float]] = []
     failed = raised = 0
     start = window = time.perf_counter()
-    for n, case in enumerate(soak_cases(examples), start=1):
+    for n, case in enumerate(soak_cases(examples, engine=engine), start=1):
         try:
             prop.run(adapter, case, {})
         except PropertyFailure as err:
@@ -331,6 +405,8 @@ def soak(examples: int, recycle: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="vllm",
+                        help="the adapter to benchmark (adapters/vllm_loader.py or adapters/sglang_loader.py)")
     parser.add_argument("--examples", type=int, default=40, help="examples per property, family and world size")
     parser.add_argument("--families", default="llama,qwen3_moe")
     parser.add_argument("--properties", default="roundtrip,all_ranks")
@@ -341,23 +417,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    from weightcheck.adapters import vllm_loader
+    engine = ENGINES[args.engine]
 
     results: dict[str, Any] = {
+        "engine": engine.name,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
-        f"torch {torch.__version__}, vllm {vllm_loader.VLLM_VERSION}",
+        f"torch {torch.__version__}, {engine.version()}",
     }
-    print(f"# vLLM through the rank pool\n\n{results['machine']}\n")
+    print(f"# {engine.title} through the rank pool\n\n{results['machine']}\n")
 
     if args.soak_only:
         args.families = ""
-    pooled = vllm_loader.VllmLoader(single="pool")
-    results["startup"] = startup(pooled)
+    pooled = engine.pooled()
+    results["startup"] = startup(pooled, engine)
     s = results["startup"]
     print("## Start-up and memory\n")
-    print(f"- first world (forkserver start, vLLM imported once): {s['first_world_s']:.1f} s")
+    print(f"- first world (forkserver start, {engine.title} imported once): {s['first_world_s']:.1f} s")
     print("- worlds from the warm forkserver: " + ", ".join(
-        f"{n} ranks {s[f'world_{n}_start_s']:.2f} s" for n in (1, 2, 4, 8)))
+        f"{n} ranks {s[f'world_{n}_start_s']:.2f} s" for n in engine.startup_sizes))
     m = s["memory_world_4"]
     print(f"- per rank process (world of 4, after a build): RSS {m['rss_mb']:.0f} MB, "
           f"PSS {m['pss_mb']:.0f} MB, {m['fds']} fds\n")
@@ -365,12 +442,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for family in filter(None, args.families.split(",")):
         for prop in args.properties.split(","):
-            inproc = vllm_loader.VllmLoader(single="inprocess")
-            rows.append(run_property(OneWorldSize(inproc, 1), prop, family, args.examples,
-                                     f"{prop}[{family}] 1 rank, in process"))
-            inproc.close()
-            for size in (1, 2, 4):
-                target = OneWorldSize(pooled, size)
+            if engine.name == "vllm":
+                inproc = engine.adapter().VllmLoader(single="inprocess")
+                rows.append(run_property(OneWorldSize(inproc, 1), prop, family, args.examples,
+                                         f"{prop}[{family}] 1 rank, in process"))
+                inproc.close()
+            else:  # SGLang's adapter runs tp 1 in this process, always (one runtime per process)
+                rows.append(run_property(OneWorldSize(pooled, 1, engine, in_process=True), prop, family,
+                                         args.examples, f"{prop}[{family}] 1 rank, in process"))
+            for size in engine.pool_sizes:
+                target = OneWorldSize(pooled, size, engine)
                 rows.append(run_property(target, prop, family, args.examples,
                                          f"{prop}[{family}] {size} rank{'s' if size > 1 else ''}, pool"))
     print("## Throughput (per example, ms)\n")
@@ -382,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.per_example_ms(r.engine_state_s):.1f} | {r.per_example_ms(r.pool_overhead_s):.0f} |")
     results["throughput"] = [vars(r) | {"examples_per_s": r.rate} for r in rows]
 
-    results["recycling"] = recycling(pooled, 10)
+    results["recycling"] = recycling(pooled, 10, engine)
     rc = results["recycling"]
     print(f"\n## Recycling (world of 2)\n\nstop {rc['stop_s']:.2f} s, start {rc['start_s']:.2f} s, first example "
           f"{rc['first_example_s']:.2f} s vs warm {rc['warm_example_s']:.3f} s: "
@@ -390,10 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     pooled.close()
 
     if args.soak:
-        results["soak"] = soak(args.soak, args.recycle)
+        results["soak"] = soak(args.soak, args.recycle, engine)
         sk = results["soak"]
         print(f"\n## Soak: {sk['examples']} roundtrip[qwen3_moe] examples on worlds of 2 ranks "
-              f"({sk['failed']} failed on known findings, {sk['raised']} of them refused by vLLM), "
+              f"{'(tp 2) ' if engine.name == 'sglang' else ''}"
+              f"({sk['failed']} failed on known findings, {sk['raised']} of them refused by {engine.title}), "
               f"{sk['total_s']:.0f} s, recycling every {args.recycle} runs: {sk['recycles']} recycles\n")
         print("| examples | ms/example | max fds | max RSS MB | mean PSS MB | generation | runs since start |")
         print("|---|---|---|---|---|---|---|")

@@ -282,6 +282,27 @@ def test_recycling_after_n_runs_and_generations():
         _reap(_wait_gone(seen, 5.0))
 
 
+def test_unpinned_calls_count_towards_recycling():
+    """An adapter that builds on one rank with ``call`` (SGLang's) is recycled too."""
+    p = RankPool(ENGINE, preload=PRELOAD, timeout=30, start_timeout=120, recycle_after=2)
+    seen: set[int] = set()
+    try:
+        world = p.world(2)
+        first = world.call(0, {"op": "pid"})
+        generation = world.generation
+        assert world.call(0, {"op": "pid"}, generation=generation) == first  # pinned: not counted
+        assert world.call(0, {"op": "pid"}) == first
+        seen.add(first)
+        again = world.call(0, {"op": "pid"})  # the third unpinned call: recycled first
+        seen.add(again)
+        assert again != first and world.generation != generation
+        assert p.stats()[2]["recycles"] == 1
+    finally:
+        seen.update(p.pids())
+        p.close()
+        _reap(_wait_gone(seen, 5.0))
+
+
 # --- failures -------------------------------------------------------------------------------
 
 
