@@ -76,5 +76,13 @@ class ForeignDtype(Property):
         if got.loaded is not None:
             problems += tracking_problems(got.loaded, set(exp.tracked))
         if problems:
-            fail(f"{headline}: not loaded as its exact cast", problems, where)
+            own = exp.dependents(name)
+            if any(param in p for p in problems for param in own):
+                fail(f"{headline}: not loaded as its exact cast", problems, where)
+            fail(
+                f"{headline}: its own parameters are right, the rest of the state is not "
+                "(a loading bug independent of the dtype)",
+                problems,
+                where,
+            )
         return Outcome("cast")
