@@ -13,6 +13,8 @@ import math
 from hypothesis import strategies as st
 
 from weightcheck.fixtures.adversarial import seeded_tensor, write_files
+from weightcheck.reference_models.families.rules import Sharded
+from weightcheck.reference_models.oracle.expected import checkpoint_shapes, expected_layout
 
 from ..assertions import fail
 from .base import (
@@ -61,9 +63,31 @@ class WrongShape(Property):
         tensors = tensors_of(case)
         return [n for n in needed_tensors(case) if tensors[n].dim() > 0]
 
+    @staticmethod
+    def _by_kind(case, targets: list[str]) -> dict[str, list[str]]:
+        """``targets`` grouped by the layout rule of the first runtime parameter that reads
+        them (replicated, column- or row-parallel, vocab-parallel, stacked, experts, scales):
+        each is one weight-loader code path, and a path with two tensors (GPT-2's ``c_fc``)
+        must be drawn as often as one with twenty (the norms)."""
+        arch, placement, fmt = case.arch, case.placement, case.recipe.format
+        shapes = checkpoint_shapes(arch, fmt)
+        kind_of: dict[str, str] = {}
+        for _, rule in sorted(expected_layout(arch, placement, fmt).items()):
+            inner = getattr(rule, "rule", rule)  # InDtype wraps the rule of an FP8 weight or scale
+            kind = type(inner).__name__ + (f" dim {inner.dim}" if isinstance(inner, Sharded) else "")
+            for piece in rule.pieces(arch, placement, shapes)[1]:
+                for n in piece.source.names if piece.source is not None else ():
+                    kind_of.setdefault(n, kind)
+        groups: dict[str, list[str]] = {}
+        for name in targets:
+            groups.setdefault(kind_of.get(name, "other"), []).append(name)
+        return groups
+
     def draw(self, data, case, caps):
         tensors = tensors_of(case)
-        name = data.draw(st.sampled_from(self._targets(case)), label="tensor of the wrong shape")
+        groups = self._by_kind(case, self._targets(case))
+        kind = data.draw(st.sampled_from(sorted(groups)), label="layout rule of the tensor")
+        name = data.draw(st.sampled_from(groups[kind]), label="tensor of the wrong shape")
         how, shape = data.draw(st.sampled_from(reshapes(tuple(tensors[name].shape))), label="wrong shape")
         return case, {"name": name, "how": how, "shape": list(shape)}
 
