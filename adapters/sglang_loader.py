@@ -1,4 +1,5 @@
-"""weightcheck adapter for SGLang 0.5.23 on CPU, at tensor parallel 1, 2 and 4: SGLang's REAL
+"""weightcheck adapter for SGLang 0.5.23 on CPU, at tensor parallel 1, 2 and 4 and pipeline
+parallel 2 (at tp 1 and 2): SGLang's REAL
 model classes, its own checkpoint reader and the models' own ``load_weights``, compared right
 after loading (before ``process_weights_after_loading``).
 
@@ -9,9 +10,12 @@ Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapt
   of this process and builds the model as ``DefaultModelLoader.load_model`` does:
   ``ModelConfig(dir, dtype=arch.dtype)``, ``get_model_architecture`` (checked to be the class
   SGLang registers for the config's ``architectures``), ``_get_quantization_config`` and
-  ``_initialize_model`` under ``set_default_torch_dtype`` on CPU.  SGLang's CPU engine
-  (``SGLANG_USE_CPU_ENGINE=1``), the distributed environment (world size 1, gloo) and the
-  published single-rank topology are set up once per process (``_Runtime``).
+  ``_initialize_model`` under ``set_default_torch_dtype`` on CPU, under SGLang's runtime context
+  of the placement's (tp, pp).  SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``) and the
+  distributed environment (gloo) are set up once per process, the topology and groups once per
+  (tp, pp) combination (``_Runtime``).  At pp > 1 the layer split is SGLang's own default when
+  the placement's partition is that one, else the partition named in SGLang's
+  ``SGLANG_PP_LAYER_PARTITION``.
 - ``load(model, checkpoint)`` reads ``checkpoint.path`` with SGLang's own reader,
   ``DefaultModelLoader._get_all_weights`` (its safetensors index handling and its default
   multi-threaded safetensors iterator), and hands the iterator to
@@ -29,12 +33,15 @@ Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapt
   no checkpoint weights of the canonical layout) are left out, as SGLang's own weight checker
   leaves them out.
 
-Tensor parallel: SGLang reads its tp rank from its process groups, which need one process per
-rank.  tp = 1 runs in this process; tp 2 and 4 run in persistent rank processes of
-``weightcheck.adapters.pool`` (``RankEngine``: one world per tp size, SGLang's topology published
-there as tp = world size, the model kept in the rank process behind a ``PoolModel`` handle; the
-all-ranks hook ``load_ranks`` loads a whole world in one run).  ``placement_reason`` declares what
-it cannot hold: pipeline and expert parallel (not attempted), tp 3, tp above a MoE's expert count.
+Tensor and pipeline parallel: SGLang reads its tp and pp ranks from its process groups, which
+need one process per rank.  tp = pp = 1 runs in this process; larger placements run in
+persistent rank processes of ``weightcheck.adapters.pool`` (``RankEngine``: one world per
+tp * pp, the placement at SGLang's world rank ``pp_rank * tp + tp_rank``; a world holds every
+(tp, pp) of its size, SGLang's groups made per combination in a world run and swapped in, as the
+vLLM adapter does; the model kept in the rank process behind a ``PoolModel`` handle; ``build``
+and the all-ranks hook ``load_ranks`` are world runs).  ``placement_reason`` declares what it
+cannot hold: expert parallel (not attempted), pp above 2 or tp * pp above 4 (not attempted),
+GPT-2 at pp > 1 (no pipeline parallel in SGLang's GPT-2), tp 3, tp above a MoE's expert count.
 See ``features()`` for what else is and is not declared, and why.
 """
 
@@ -98,28 +105,41 @@ def suite_config(arch) -> dict:
 class SglangModel:
     """One built rank: SGLang's model and the ``ModelConfig`` it was built from."""
 
-    def __init__(self, module: torch.nn.Module, model_config: Any):
+    def __init__(self, module: torch.nn.Module, model_config: Any, context: Any = None):
         self.module = module
         self.model_config = model_config
+        self.context = context  # SGLang's runtime context (topology, groups) it was built under
+
+    def scope(self):
+        """SGLang's runtime context of the model's (tp, pp), for loading and reading it."""
+        from contextlib import nullcontext
+
+        from sglang.srt.runtime_context import use_context
+
+        return nullcontext() if self.context is None else use_context(self.context)
+
+
+# SGLang's model-parallel group globals (parallel_state), one set per (tp, pp) kept per process.
+# ``_SELF_PP`` (singleton groups over the whole world) is made once and shared by every set.
+_GROUP_GLOBALS = (
+    "_TP", "_ATTN_TP", "_SHARED_EXPERTS_TP", "_ATTN_CP", "_DCP", "_PDMUX_PREFILL_TP_GROUP",
+    "_MOE_DP", "_MOE_EP", "_MOE_TP", "_PP",
+)
 
 
 class _Runtime:
-    """Set up once per process: SGLang's imports, the distributed environment (gloo), the
-    published topology and its model-parallel groups.  In this process: a world of one rank
-    (tp = 1).  In a rank process of the pool (``RankEngine``), where torch.distributed is
-    already set up over the pool's gloo world: rank ``rank`` of a world of ``world_size``, all of
-    it one tensor-parallel group (tp = world size; SGLang makes its groups from the published
-    widths, once)."""
+    """Set up once per process: SGLang's imports, the distributed environment (gloo) and, per
+    (tp, pp) combination, a runtime context of SGLang's with that topology published and its
+    model-parallel groups.  In this process: a world of one rank (tp = pp = 1).  In a rank
+    process of the pool (``RankEngine``), where torch.distributed is already set up over the
+    pool's gloo world: rank ``rank`` of a world of ``world_size`` = tp * pp, laid out as SGLang
+    lays out its world (``rank = tp_size * pp_rank + tp_rank``).  A world of one size can hold
+    several combinations (4 = tp 4 or tp 2 x pp 2): ``groups_for`` creates a combination's
+    groups collectively (in a world run, every rank) the first time the world sees it, keeps
+    them, and swaps them in afterwards, as the vLLM adapter's ``_Runtime.groups_for`` does."""
 
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         from sglang.srt.distributed import parallel_state
-        from sglang.srt.runtime_context import (
-            SpawnRanks,
-            get_parallel,
-            publish,
-            reset_context,
-        )
-        from sglang.srt.server_args import ServerArgs
 
         # What build/load use, imported here so that the whole set-up is paid once per process
         # (importing the model registry imports every SGLang model module).
@@ -132,6 +152,9 @@ class _Runtime:
         self.config_dirs: dict[str, str] = {}
 
         self.rank, self.world_size = rank, world_size
+        self.group_sets: dict[tuple[int, int], dict] = {}
+        self.contexts: dict[tuple[int, int], Any] = {}
+        self.current: tuple[int, int] | None = None
         if torch.distributed.is_initialized():  # a rank process of the pool
             method = "env://"
         else:
@@ -146,18 +169,47 @@ class _Runtime:
             distributed_init_method=method,
             backend="gloo",
         )
-        # What sglang.test.test_utils.publish_build_topology does (that module itself imports
-        # benchmark datasets): publish the CPU topology (tp = world size), keep the WORLD group.
-        reset_context()
-        publish(
-            ServerArgs(model_path="dummy", tp_size=world_size, ep_size=1, pp_size=1, device="cpu"),
-            role="test",
-            ranks=SpawnRanks(world_rank=rank),
-        )
-        if parallel_state._WORLD is not None:
-            get_parallel().override_permanently(world_group=parallel_state._WORLD)
-        parallel_state.initialize_model_parallel(backend="gloo")
         atexit.register(self._tear_down)
+        if world_size == 1:  # the only combination of a one-rank world, made here
+            self.groups_for(1, 1)
+
+    def groups_for(self, tp_size: int, pp_size: int) -> Any:
+        """Make SGLang's groups and published topology those of (tp, pp); returns the runtime
+        context (``sglang.srt.runtime_context``) to build and load under.  Creating a
+        combination's groups is collective: every rank of the world calls this, in the same
+        order (build and load_ranks are world runs)."""
+        from sglang.srt.distributed import parallel_state as ps
+        from sglang.srt.runtime_context import SpawnRanks, create_context, use_context
+        from sglang.srt.server_args import ServerArgs
+
+        key = (tp_size, pp_size)
+        if tp_size * pp_size != self.world_size:
+            raise RuntimeError(f"tp {tp_size} x pp {pp_size} is no layout of a world of {self.world_size}")
+        if key == self.current:
+            return self.contexts[key]
+        groups = self.group_sets.get(key)
+        if groups is None:
+            # What sglang.test.test_utils.publish_build_topology does (that module itself imports
+            # benchmark datasets), into a context of this combination's own instead of the
+            # process-wide one: the CPU topology, this rank's place in it, the WORLD group.
+            context = create_context(
+                ServerArgs(model_path="dummy", tp_size=tp_size, ep_size=1, pp_size=pp_size, device="cpu"),
+                role="test",
+                ranks=SpawnRanks(world_rank=self.rank),
+            )
+            if ps._WORLD is not None:
+                context.parallel.override_permanently(world_group=ps._WORLD)
+            for name in _GROUP_GLOBALS:
+                setattr(ps, name, None)
+            self.current = None
+            with use_context(context):
+                ps.initialize_model_parallel(backend="gloo")
+            groups = self.group_sets[key] = {name: getattr(ps, name, None) for name in _GROUP_GLOBALS}
+            self.contexts[key] = context
+        for name, group in groups.items():
+            setattr(ps, name, group)
+        self.current = key
+        return self.contexts[key]
 
     @staticmethod
     def _tear_down() -> None:
@@ -180,12 +232,28 @@ class _Runtime:
         return path
 
 
+def world_rank(placement) -> int:
+    """The placement's rank in SGLang's world of tp * pp ranks: TP groups are contiguous
+    blocks, PP groups strided by tp (``runtime_context.derive_spawn_ranks``)."""
+    return placement.pp_rank * placement.tp_size + placement.tp_rank
+
+
+def sglang_default_partition(num_layers: int, pp_size: int) -> tuple[int, ...]:
+    """SGLang's own split (``distributed.utils.get_pp_indices`` without
+    ``SGLANG_PP_LAYER_PARTITION``): the LAST ``num_layers % pp_size`` ranks get one layer more
+    (vLLM gives them to the ranks before the last)."""
+    base, extra = divmod(num_layers, pp_size)
+    return tuple(base + (rank >= pp_size - extra) for rank in range(pp_size))
+
+
 def features(environ=os.environ) -> set[str]:
     """The declared features; docs/adapters/sglang.md says why each missing one is missing:
 
     - tensor_parallel: declared; tp > 1 ranks run in rank processes of weightcheck.adapters.pool
       (``RankEngine``), tp 3 and tp above a MoE's expert count excluded (``placement_reason``).
-    - pipeline/expert parallel: not attempted (SGLang's published topology per world is tp only).
+    - pipeline_parallel: declared for pp 2 at tp 1 and 2 (worlds of at most 4 ranks), any
+      partition; not GPT-2 (SGLang's GPT-2 has no pipeline parallel).
+    - expert_parallel: not attempted.
     - fused_expert_checkpoint: SGLang 0.5.23's Qwen2-MoE/Qwen3-MoE ``load_weights`` know only
       per-expert tensors; the transformers-v5 3-D ``mlp.experts.gate_up_proj``/``down_proj`` are
       skipped without a word (the experts keep uninitialised memory).
@@ -198,25 +266,39 @@ def features(environ=os.environ) -> set[str]:
     - fp8_block: SGLang refuses, at construction, block sizes that do not divide every shard of
       a merged layer (the random profile's usual case), and its Llama drops every block scale.
     """
-    declared = {"tensor_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"}
+    declared = {"tensor_parallel", "pipeline_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"}
     if environ.get("WEIGHTCHECK_SGLANG_FP8") == "1":
         declared.add("fp8_per_tensor")
     return declared
 
 
+MAX_WORLD = 4  # ranks of a world: tp 1/2/4 at pp 1, pp 2 at tp 1 and 2
+
+
 def placement_reason(placement, arch=None) -> str | None:
     """None when this adapter can hold this rank of ``arch`` in SGLang, else why not
-    (``Capabilities.placements``).  Tensor parallel only: one pool world per tp size, whose
-    published topology is tp = world size."""
-    if placement.pp_size > 1 or placement.ep_size > 1:
-        return "this adapter runs SGLang at tensor parallel only (no pipeline or expert parallel)"
-    if arch is not None and arch.moe is not None and placement.tp_size > arch.moe.num_experts:
+    (``Capabilities.placements``).  Tensor and pipeline parallel: one pool world per tp * pp,
+    whose groups are made per (tp, pp) combination."""
+    tp, pp = placement.tp_size, placement.pp_size
+    if placement.ep_size > 1:
+        return "this adapter runs SGLang at tensor and pipeline parallel only (no expert parallel)"
+    if pp > 2 or tp * pp > MAX_WORLD:
         return (
-            f"SGLang's FusedMoE refuses a tp size ({placement.tp_size}) larger than the number of "
+            f"this adapter runs SGLang in worlds of at most {MAX_WORLD} rank processes and pp at most "
+            f"2 (tp {tp} x pp {pp} not attempted)"
+        )
+    if pp > 1 and arch is not None and arch.family == "gpt2":
+        return (
+            "SGLang's GPT2LMHeadModel has no pipeline parallel: it builds every layer, the "
+            "embeddings and lm_head on every pp rank"
+        )
+    if arch is not None and arch.moe is not None and tp > arch.moe.num_experts:
+        return (
+            f"SGLang's FusedMoE refuses a tp size ({tp}) larger than the number of "
             f"experts ({arch.moe.num_experts}) (\"Tensor parallel size ... is greater than the "
             "number of experts\")"
         )
-    if placement.tp_size == 3:
+    if tp == 3:
         return (
             "SGLang pads the vocabulary to a multiple of 64 and asserts that the tp size divides "
             "it (VocabParallelEmbedding): tp 3 fails for most vocab sizes"
@@ -229,28 +311,56 @@ def build_model(runtime: _Runtime, arch: Arch, placement: Placement) -> SglangMo
     process whose runtime holds the placement's rank."""
     from sglang.srt.configs.load_config import LoadConfig
     from sglang.srt.configs.model_config import ModelConfig
-    from sglang.srt.distributed import parallel_state
     from sglang.srt.model_loader.loader import _get_quantization_config, _initialize_model
     from sglang.srt.model_loader.utils import get_model_architecture, set_default_torch_dtype
 
     if arch.lora is not None:
         raise NotImplementedError("this adapter does not support LoRA wrapping")
+    from sglang.srt.runtime_context import get_parallel, use_context
+
     reason = placement_reason(placement, arch)
     if reason is not None:
         raise NotImplementedError(reason)
-    got = (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size())
-    if got != (placement.tp_rank, placement.tp_size):
-        raise RuntimeError(f"SGLang's groups put this process at tp {got}, the placement is "
-                           f"tp {(placement.tp_rank, placement.tp_size)}")
-    model_config = ModelConfig(runtime.config_dir(suite_config(arch)), dtype=arch.dtype)
-    load_config = LoadConfig()
-    _, arch_name = get_model_architecture(model_config)
-    if arch_name != SGLANG_ARCHITECTURES[arch.family]:
-        raise RuntimeError(f"SGLang chose {arch_name} for {arch.family}")
-    quant_config = _get_quantization_config(model_config, load_config)
-    with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
-        module = _initialize_model(model_config, load_config, quant_config)
-    return SglangModel(module, model_config)
+    if (placement.tp_size * placement.pp_size, world_rank(placement)) != (runtime.world_size, runtime.rank):
+        raise RuntimeError(
+            f"placement {placement} is rank {world_rank(placement)} of a world of "
+            f"{placement.tp_size * placement.pp_size}, but this process is rank {runtime.rank} "
+            f"of {runtime.world_size}"
+        )
+    context = runtime.groups_for(placement.tp_size, placement.pp_size)
+    # SGLang's layer split: its own default (get_pp_indices) when the placement's partition is
+    # that one, else the partition named in SGLANG_PP_LAYER_PARTITION (SGLang's own setting).
+    partition = tuple(placement.layer_partition)
+    if placement.pp_size > 1 and partition != sglang_default_partition(arch.num_layers, placement.pp_size):
+        os.environ["SGLANG_PP_LAYER_PARTITION"] = ",".join(map(str, partition))
+    else:
+        os.environ.pop("SGLANG_PP_LAYER_PARTITION", None)
+    with use_context(context):
+        parallel = get_parallel()  # the groups SGLang's layers read, in this context
+        got = (
+            parallel.tp_group.rank_in_group,
+            parallel.tp_group.world_size,
+            parallel.pp_group.rank_in_group,
+            parallel.pp_group.world_size,
+        )
+        want = (placement.tp_rank, placement.tp_size, placement.pp_rank, placement.pp_size)
+        if got != want:
+            raise RuntimeError(f"SGLang's groups put this process at (tp rank, tp, pp rank, pp) "
+                               f"{got}, the placement is {want}")
+        model_config = ModelConfig(runtime.config_dir(suite_config(arch)), dtype=arch.dtype)
+        load_config = LoadConfig()
+        _, arch_name = get_model_architecture(model_config)
+        if arch_name != SGLANG_ARCHITECTURES[arch.family]:
+            raise RuntimeError(f"SGLang chose {arch_name} for {arch.family}")
+        quant_config = _get_quantization_config(model_config, load_config)
+        with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
+            module = _initialize_model(model_config, load_config, quant_config)
+    layers = getattr(getattr(module, "model", None), "start_layer", None), getattr(
+        getattr(module, "model", None), "end_layer", None
+    )
+    if placement.pp_size > 1 and layers != (placement.layers.start, placement.layers.stop):
+        raise RuntimeError(f"SGLang built layers {layers}, the placement holds {placement.layers}")
+    return SglangModel(module, model_config, context)
 
 
 def load_model(model: SglangModel, path: str) -> None:
@@ -265,18 +375,19 @@ def load_model(model: SglangModel, path: str) -> None:
     source_config = copy.copy(model.model_config)
     source_config.model_path = os.path.abspath(path)
     reader = DefaultModelLoader(LoadConfig())
-    with set_default_torch_dtype(model.model_config.dtype), torch.no_grad():
+    with model.scope(), set_default_torch_dtype(model.model_config.dtype), torch.no_grad():
         weights = reader._get_all_weights(source_config, model.module)
         DefaultModelLoader.load_weights_only(model.module, weights, torch.device("cpu"))
     return None
 
 
 def model_state(model: SglangModel) -> dict[str, torch.Tensor]:
-    return {
-        canonical_name(n): p
-        for n, p in model.module.named_parameters()
-        if not getattr(p, "_skip_weight_check", False)
-    }
+    with model.scope():
+        return {
+            canonical_name(n): p
+            for n, p in model.module.named_parameters()
+            if not getattr(p, "_skip_weight_check", False)
+        }
 
 
 # --- ranks of tensor-parallel worlds: processes of weightcheck.adapters.pool --------------------
@@ -318,7 +429,10 @@ class RankEngine:
         try:
             return self._handle(request)
         finally:
-            entry = self.timings.setdefault(request["op"], [0.0, 0])
+            kind = request["op"]
+            if kind in ("build", "load_ranks") and not request.get("active"):
+                kind = "groups"  # a rank that only takes part in the groups of another's build
+            entry = self.timings.setdefault(kind, [0.0, 0])
             entry[0] += time.perf_counter() - start
             entry[1] += 1
 
@@ -327,6 +441,11 @@ class RankEngine:
             self.models.pop(key, None)
         op = request["op"]
         if op == "noop":
+            return None
+        if op in ("build", "load_ranks") and not request["active"]:
+            # a rank that only takes part in making the groups of another rank's (tp, pp)
+            placement = request["placement"]
+            self.runtime.groups_for(placement.tp_size, placement.pp_size)
             return None
         if op == "build":
             self.models[request["key"]] = build_model(self.runtime, request["arch"], request["placement"])
@@ -361,7 +480,7 @@ class PoolModel:
         weakref.finalize(self, loader._forget, world.size, self.generation, rank, key)
 
     def __repr__(self) -> str:
-        return f"<SGLang model {self.key} at tp rank {self.rank} of {self.world.size}>"
+        return f"<SGLang model {self.key} at rank {self.rank} of a world of {self.world.size}>"
 
 
 HERE = Path(__file__).resolve().parent
@@ -392,7 +511,7 @@ class SglangLoader:
 
     @property
     def pool(self):
-        """Rank processes for tp > 1: one world per tp size (weightcheck.adapters.pool)."""
+        """Rank processes for tp * pp > 1: one world per tp * pp (weightcheck.adapters.pool)."""
         if self._pool is None:
             from weightcheck.adapters.pool import RankPool
 
@@ -413,6 +532,12 @@ class SglangLoader:
             del self._free[stale]
         return self._free.pop((world.size, world.generation, rank), [])
 
+    def _requests(self, world, make) -> list[dict]:
+        for stale in [k for k in self._free if k[0] == world.size and k[1] != world.generation]:
+            del self._free[stale]
+        return [{**make(rank), "free": self._free.pop((world.size, world.generation, rank), [])}
+                for rank in range(world.size)]
+
     def _call(self, model: PoolModel, request: dict) -> Any:
         from weightcheck.adapters.pool import RankFailed
 
@@ -429,19 +554,26 @@ class SglangLoader:
         reason = placement_reason(placement, arch)
         if reason is not None:
             raise NotImplementedError(reason)
-        if placement.tp_size == 1:
+        size, rank = placement.tp_size * placement.pp_size, world_rank(placement)
+        if size == 1:
             return build_model(self.runtime, arch, placement)
         from weightcheck.adapters.pool import RankFailed
 
-        world = self.pool.world(placement.tp_size)
+        # A world run: every rank makes (or swaps in) the groups of this (tp, pp), which is
+        # collective the first time; the placement's rank builds.  The world starts on first
+        # use: the handle takes the generation it built in.
+        world = self.pool.world(size)
         key = next(self._keys)
-        request = {"op": "build", "key": key, "arch": arch, "placement": placement}
-        request["free"] = self._frees(world, placement.tp_rank) if world.running else []
-        try:  # the world starts on first use: the handle takes the generation it built in
-            world.call(placement.tp_rank, request)
-        except RankFailed as err:
-            raise err.exception() from None
-        return PoolModel(self, world, placement.tp_rank, key)
+
+        def request(r):
+            return {"op": "build", "key": key, "arch": arch, "placement": placement, "active": r == rank}
+
+        results = world.run(self._requests(world, request))
+        failed = [r for r in results if isinstance(r, RankFailed)]
+        if failed:
+            own = [r for r in failed if r.rank == rank]
+            raise (own or failed)[0].exception()
+        return PoolModel(self, world, rank, key)
 
     def load(self, model: SglangModel | PoolModel, checkpoint: Checkpoint) -> None:
         """SGLang reads ``checkpoint.path`` itself (in the rank's process); returns None."""
@@ -455,7 +587,7 @@ class SglangLoader:
         return model_state(model)
 
     def load_ranks(self, arch: Arch, placements, checkpoint: Checkpoint) -> list:
-        """Build and load every given rank (tp ranks of one world) in one world run: each
+        """Build and load every given rank (tp x pp ranks of one world) in one world run: each
         rank's ``(state, None)``, or the exception it raised, in the order given."""
         from weightcheck.adapters.pool import RankFailed
 
@@ -468,8 +600,8 @@ class SglangLoader:
             if reason is not None:
                 out[i] = NotImplementedError(reason)
                 continue
-            sizes.add(placement.tp_size)
-            at_rank[placement.tp_rank] = i
+            sizes.add(placement.tp_size * placement.pp_size)
+            at_rank[world_rank(placement)] = i
         if not at_rank:
             return out
         if len(sizes) != 1:
@@ -486,15 +618,14 @@ class SglangLoader:
                     out[i] = exc
             return out
         world = self.pool.world(size)
+        first = placements[next(iter(at_rank.values()))]
 
         def request(rank):
             i = at_rank.get(rank)
-            if i is None:
-                return {"op": "noop", "free": self._frees(world, rank)}
-            return {"op": "load_ranks", "arch": arch, "placement": placements[i], "path": path,
-                    "free": self._frees(world, rank)}
+            return {"op": "load_ranks", "arch": arch, "placement": first if i is None else placements[i],
+                    "active": i is not None, "path": path}
 
-        results = world.run([request(rank) for rank in range(size)])
+        results = world.run(self._requests(world, request))
         for rank, i in at_rank.items():
             result = results[rank]
             out[i] = result.exception() if isinstance(result, RankFailed) else tuple(result)

@@ -99,7 +99,7 @@ class Engine:
     def world_size(self, placement) -> int:
         if self.name == "vllm":
             return self.adapter().layout(placement).world_size
-        return placement.tp_size  # SGLang's adapter: one world per tp size
+        return placement.tp_size * placement.pp_size  # SGLang's adapter: a world of tp x pp ranks
 
     def memory_case(self):
         """A first build at 4 ranks: vLLM tp 2 x pp 2, SGLang tp 4."""

@@ -3,6 +3,7 @@ findings reproduced directly and tiny builds + loads at one rank on SGLang's CPU
 sglang importable: ``bash ci/adapters/install_sglang.sh``, then put its directory on PYTHONPATH
 with SGLANG_USE_CPU_ENGINE=1, as .ci/run does)."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -14,37 +15,59 @@ from weightcheck.capabilities import FEATURES, PROMISES  # noqa: E402
 from weightcheck.conformance.expectations import parse  # noqa: E402
 
 
-def test_capabilities_are_four_families_and_tensor_parallel():
+def test_capabilities_are_four_families_and_tensor_and_pipeline_parallel():
     caps = sglang_loader.loader.capabilities
     assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"}
     assert caps.features <= set(FEATURES) | set(PROMISES)
-    assert {"tensor_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"} <= caps.features
-    assert not caps.features & {"pipeline_parallel", "expert_parallel", "lora"}
+    assert {"tensor_parallel", "pipeline_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"} <= caps.features
+    assert not caps.features & {"expert_parallel", "lora"}
     assert caps.placements is sglang_loader.placement_reason
     assert sglang_loader.loader.name.startswith("sglang ")
 
 
-def _placement(tp=1, tp_rank=0, pp=1, ep=1, layers=2):
+def _placement(tp=1, tp_rank=0, pp=1, ep=1, layers=2, pp_rank=0):
     from weightcheck.arch import Placement
 
     parts = [layers // pp] * pp
     parts[-1] += layers - sum(parts)
-    return Placement(tuple(parts), tp, tp_rank, pp, 0, ep, 0)
+    return Placement(tuple(parts), tp, tp_rank, pp, pp_rank, ep, 0)
 
 
 def test_placements_sglang_holds_and_those_it_cannot():
     from weightcheck.arch import Arch, MoE
 
     moe = Arch("qwen3_moe", 16, 2, 2, 2, 8, 8, 40, moe=MoE(2, 1, 8))
+    gpt2 = Arch("gpt2", 16, 2, 2, 2, 8, 8, 40)
     for tp in (1, 2, 4):
         assert sglang_loader.placement_reason(_placement(tp=tp, tp_rank=tp - 1)) is None
+    for tp in (1, 2):  # pp 2 at tp 1 and 2: worlds of 2 and 4
+        assert sglang_loader.placement_reason(_placement(tp=tp, tp_rank=tp - 1, pp=2, pp_rank=1)) is None
+        assert sglang_loader.placement_reason(_placement(tp=tp, pp=2), moe) is None
     assert "multiple of 64" in sglang_loader.placement_reason(_placement(tp=3))
     assert "number of experts" in sglang_loader.placement_reason(_placement(tp=4), moe)
     assert sglang_loader.placement_reason(_placement(tp=2), moe) is None
-    for placement in (_placement(pp=2), _placement(ep=2)):
-        assert "tensor parallel only" in sglang_loader.placement_reason(placement)
-        with pytest.raises(NotImplementedError, match="tensor parallel only"):
-            sglang_loader.loader.build(moe, placement)
+    assert "no pipeline parallel" in sglang_loader.placement_reason(_placement(pp=2), gpt2)
+    for placement in (_placement(pp=3, layers=3), _placement(tp=4, pp=2)):
+        assert "not attempted" in sglang_loader.placement_reason(placement)
+    with pytest.raises(NotImplementedError, match="no expert parallel"):
+        sglang_loader.loader.build(moe, _placement(ep=2))
+
+
+def test_world_ranks_and_default_partition_are_sglangs():
+    from sglang.srt.distributed.utils import get_pp_indices
+
+    # SGLang's world: TP groups contiguous, PP groups strided by tp
+    assert [sglang_loader.world_rank(_placement(tp=2, tp_rank=t, pp=2, pp_rank=p))
+            for p in (0, 1) for t in (0, 1)] == [0, 1, 2, 3]
+    for layers in range(2, 9):
+        for pp in (2, 3):
+            if layers < pp:
+                continue
+            parts = sglang_loader.sglang_default_partition(layers, pp)
+            bounds = [sum(parts[:r]) for r in range(pp + 1)]
+            assert [get_pp_indices(layers, r, pp) for r in range(pp)] == list(itertools.pairwise(bounds))
+    # not vLLM's: SGLang gives the extra layer to the last rank
+    assert sglang_loader.sglang_default_partition(3, 2) == (1, 2)
 
 
 def test_fp8_is_opt_in():
@@ -150,3 +173,40 @@ def test_finding_2_gpt2_ignores_untied_embeddings():
     model, state = _build_and_load(case)
     assert model.module.lm_head is model.module.transformer.wte
     assert "lm_head.weight" not in state
+
+
+def test_pipeline_parallel_groups_are_made_per_combination_in_one_world():
+    """A world of 2 rank processes holds tp 2 and pp 2 (groups made once per combination, then
+    swapped in); pp ranks build SGLang's default split or the partition the placement names
+    (SGLANG_PP_LAYER_PARTITION).  Findings 13 and 14: an untied lm_head on every pp rank, a tied
+    one (the embedding) on the first only."""
+    from weightcheck.arch import Arch, Placement
+    from weightcheck.fixtures.case import Case, CheckpointRecipe
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+    from weightcheck.reference_models.families import checkpoint_specs
+
+    loader = sglang_loader.loader
+    for tie in (False, True):
+        arch = Arch("llama", 16, 3, 2, 2, 8, 16, 40, tie_word_embeddings=tie)
+        names = sorted(checkpoint_specs(arch, "default"))
+        with scratch_dir() as path:
+            for tp, pp, partition in ((1, 2, (1, 2)), (2, 1, (3,)), (1, 2, (2, 1)), (2, 1, (3,))):
+                placements = [Placement(partition, tp, t, pp, p) for p in range(pp) for t in range(tp)]
+                checkpoint = write_case(Case(arch, placements[0], CheckpointRecipe(0, [names], "default")), path)
+                results = loader.load_ranks(arch, placements, checkpoint)
+                for placement, result in zip(placements, results):
+                    assert not isinstance(result, Exception), result
+                    state, tracked = result
+                    assert tracked is None
+                    layers = {int(n.split(".")[2]) for n in state if n.startswith("model.layers.")}
+                    assert layers == set(placement.layers), (placement, layers)
+                    if pp == 1:
+                        continue
+                    assert ("model.embed_tokens.weight" in state) == (placement.pp_rank == 0)
+                    assert ("lm_head.weight" in state) == (not tie)  # finding 13 (every rank)
+                    assert ("model.norm.weight" in state) == (placement.pp_rank == 1)
+            # a handle at the last pp rank, built in the same world after tp 2
+            model = loader.build(arch, Placement((2, 1), 1, 0, 2, 1))
+            assert isinstance(model, sglang_loader.PoolModel) and model.rank == 1
+            assert loader.load(model, checkpoint) is None
+            assert "model.embed_tokens.weight" not in loader.state(model)  # finding 14 when tied

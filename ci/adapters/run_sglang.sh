@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run the conformance suite (default dev profile, every property) against SGLang 0.5.23's CPU
 # engine at every placement the adapter declares (adapters/sglang_loader.py: tensor parallel 1 in
-# the test process, tp 2 and 4 in persistent rank processes of weightcheck.adapters.pool; not tp 3,
-# not pipeline or expert parallel), after installing it with ci/adapters/install_sglang.sh (cached).  The adapter ships its known failures
+# the test process; tp 2 and 4, pp 2 and tp 2 x pp 2 in persistent rank processes of
+# weightcheck.adapters.pool; not tp 3, not expert parallel, not GPT-2 at pp > 1), after installing
+# it with ci/adapters/install_sglang.sh (cached).  The adapter ships its known failures
 # (adapters/expectations/sglang.txt) and its regression cases (adapters/regressions/sglang/); the
 # suite uses them by default.  Extra arguments go to pytest (e.g. -q, --weightcheck-out=DIR).
 #
