@@ -230,6 +230,21 @@ def control_loads(loader: LoaderAdapter, case: Case, headline: str, refusal: Loa
         )
 
 
+def judge_refusal(
+    loader: LoaderAdapter, case: Case, tensors, name: str, err: LoaderRaised, headline: str, where: str
+) -> Outcome:
+    """A load that raised on a checkpoint with one bad tensor ``name``: right only if ``load``
+    (not ``build``) raised, naming the tensor or a parameter that needs it, and the
+    well-formed checkpoint loads."""
+    if err.stage != "load":
+        fail(f"{headline}: loader.{err.stage} raised, so nothing was checked", [str(err)], where)
+    named = expected(case, tensors, loader).dependents(name) | {name}
+    if not names_any(err.exc, named):
+        fail(f"{headline}: load raised, but names none of {sorted(named)}", [str(err)], where)
+    control_loads(loader, case, f"{headline}: load raised naming it", err, where)
+    return Outcome("raised")
+
+
 def raised_title(label: str) -> str:
     """The headline of a property whose loader raised: it never claims a comparison."""
     return f"{label}: the loader raised, so nothing was compared"

@@ -20,11 +20,10 @@ from .base import (
     Outcome,
     Property,
     context,
-    control_loads,
     expected,
+    judge_refusal,
     load_written,
     mismatches,
-    names_any,
     needed_tensors,
     tensors_of,
     tracking_problems,
@@ -64,13 +63,7 @@ class ForeignDtype(Property):
         try:
             got = load_written(loader, case, lambda path: write_files(case, path, case.recipe.files, bad), bad)
         except LoaderRaised as err:
-            if err.stage != "load":
-                fail(f"{headline}: loader.{err.stage} raised, so nothing was checked", [str(err)], where)
-            named = expected(case, tensors, loader).dependents(name) | {name}
-            if not names_any(err.exc, named):
-                fail(f"{headline}: load raised, but names none of {sorted(named)}", [str(err)], where)
-            control_loads(loader, case, f"{headline}: load raised naming it", err, where)
-            return Outcome("raised")
+            return judge_refusal(loader, case, tensors, name, err, headline, where)
         exp = expected(case, bad, loader)  # the stored values, cast to the model dtype
         problems = mismatches(got.state, exp, case, tensors=bad)
         if got.loaded is not None:

@@ -19,13 +19,11 @@ from weightcheck.reference_models.oracle.expected import checkpoint_shapes, expe
 from ..assertions import fail
 from .base import (
     LoaderRaised,
-    Outcome,
     Property,
     context,
-    control_loads,
     expected,
+    judge_refusal,
     load_written,
-    names_any,
     needed_tensors,
     tensors_of,
 )
@@ -106,13 +104,7 @@ class WrongShape(Property):
         try:
             load_written(loader, case, lambda path: write_files(case, path, case.recipe.files, bad), tensors)
         except LoaderRaised as err:
-            if err.stage != "load":
-                fail(f"{headline}: loader.{err.stage} raised, so nothing was checked", [str(err)], where)
-            named = expected(case, tensors, loader).dependents(name) | {name}
-            if not names_any(err.exc, named):
-                fail(f"{headline}: load raised, but names none of {sorted(named)}", [str(err)], where)
-            control_loads(loader, case, f"{headline}: load raised naming it", err, where)
-            return Outcome("raised")
+            return judge_refusal(loader, case, tensors, name, err, headline, where)
         dependents = sorted(expected(case, tensors, loader).dependents(name))
         fail(
             f"{headline}: accepted without an error",
