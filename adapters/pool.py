@@ -89,6 +89,7 @@ __all__ = [
     "WorldReplaced",
     "PoolClosed",
     "process_memory",
+    "ModelEngine",
 ]
 
 DEFAULT_TIMEOUT = 300.0
@@ -97,6 +98,60 @@ DEFAULT_MAX_PROCESSES = 48
 CLOSE_GRACE = 5.0  # seconds a rank gets to close its engine before it is killed
 STACK_WAIT = 1.0  # seconds to wait for a hung rank's stack dump
 SHM = "/dev/shm"
+
+
+# --- the adapter-independent half of a rank's engine ------------------------------------------
+
+
+class ModelEngine:
+    """A base for an adapter's engine in a rank process (``RankPool(engine=...)``): requests are
+    dicts with an ``op``; ``{"op": "timings"}`` returns and resets the seconds and count spent
+    per kind of request (``ci/pool_benchmark.py``); models built for handles are kept by key
+    (the oldest go past ``max_models``) and a request's ``free`` keys are dropped first.  A
+    subclass answers every other request in ``_handle``."""
+
+    max_models = 8  # models a rank process keeps for live handles
+
+    def __init__(self) -> None:
+        self.models: OrderedDict[Any, Any] = OrderedDict()
+        self.timings: dict[str, list[float]] = {}  # op -> [seconds, count]
+
+    def handle(self, request: dict) -> Any:
+        if request["op"] == "timings":
+            timings, self.timings = self.timings, {}
+            return timings
+        start = time.perf_counter()
+        try:
+            for key in request.get("free", ()):
+                self.models.pop(key, None)
+            return self._handle(request)
+        finally:
+            kind = request["op"]
+            if kind in ("build", "load_ranks") and not request.get("active"):
+                kind = "groups"  # a rank that only takes part in the groups of another's build
+            entry = self.timings.setdefault(kind, [0.0, 0])
+            entry[0] += time.perf_counter() - start
+            entry[1] += 1
+
+    def _handle(self, request: dict) -> Any:
+        raise NotImplementedError
+
+    def keep(self, key: Any, model: Any) -> None:
+        self.models[key] = model
+        while len(self.models) > self.max_models:
+            self.models.popitem(last=False)
+
+    def model(self, key: Any) -> Any:
+        model = self.models.get(key)
+        if model is None:
+            raise RuntimeError(
+                f"this rank no longer holds the model (more than {self.max_models} were built "
+                "since, or it was freed); build it again"
+            )
+        return model
+
+    def close(self) -> None:
+        self.models.clear()
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -55,9 +55,7 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import weakref
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -68,6 +66,7 @@ import torch  # noqa: E402
 import sglang  # noqa: E402
 
 from weightcheck import Arch, Capabilities, Checkpoint, Placement  # noqa: E402
+from weightcheck.adapters.pool import ModelEngine  # noqa: E402
 
 SGLANG_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -412,33 +411,17 @@ PRELOAD = (
 )
 
 
-class RankEngine:
-    """One rank process's side of the adapter (the pool's engine): requests are dicts with an
-    ``op``; models built for handles are kept by key until freed."""
+class RankEngine(ModelEngine):
+    """One rank process's side of the adapter (the pool's engine, ``ModelEngine``: timings and
+    models by handle)."""
+
+    max_models = MAX_MODELS
 
     def __init__(self, rank: int, world_size: int, scratch: str):
+        super().__init__()
         self.runtime = _Runtime(rank, world_size)
-        self.models: "OrderedDict[int, SglangModel]" = OrderedDict()
-        self.timings: dict[str, list[float]] = {}  # op -> [seconds, count] (ci/pool_benchmark.py)
-
-    def handle(self, request: dict) -> Any:
-        if request["op"] == "timings":  # what this rank spent on each kind of request, reset
-            timings, self.timings = self.timings, {}
-            return timings
-        start = time.perf_counter()
-        try:
-            return self._handle(request)
-        finally:
-            kind = request["op"]
-            if kind in ("build", "load_ranks") and not request.get("active"):
-                kind = "groups"  # a rank that only takes part in the groups of another's build
-            entry = self.timings.setdefault(kind, [0.0, 0])
-            entry[0] += time.perf_counter() - start
-            entry[1] += 1
 
     def _handle(self, request: dict) -> Any:
-        for key in request.get("free", ()):
-            self.models.pop(key, None)
         op = request["op"]
         if op == "noop":
             return None
@@ -448,28 +431,18 @@ class RankEngine:
             self.runtime.groups_for(placement.tp_size, placement.pp_size)
             return None
         if op == "build":
-            self.models[request["key"]] = build_model(self.runtime, request["arch"], request["placement"])
-            while len(self.models) > MAX_MODELS:
-                self.models.popitem(last=False)
+            self.keep(request["key"], build_model(self.runtime, request["arch"], request["placement"]))
             return None
         if op == "load_ranks":
             model = build_model(self.runtime, request["arch"], request["placement"])
             load_model(model, request["path"])
             return model_state(model), None
-        model = self.models.get(request["key"])
-        if model is None:
-            raise RuntimeError(
-                f"this rank no longer holds the model (more than {MAX_MODELS} were built since, "
-                "or it was freed); build it again"
-            )
+        model = self.model(request["key"])
         if op == "load":
             return load_model(model, request["path"])
         if op == "state":
             return model_state(model)
         raise ValueError(f"unknown request {op!r}")
-
-    def close(self) -> None:
-        self.models.clear()
 
 
 class PoolModel:

@@ -62,7 +62,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -75,6 +74,7 @@ os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 import torch  # noqa: E402
 
 from weightcheck.capabilities import Capabilities  # noqa: E402
+from weightcheck.adapters.pool import ModelEngine  # noqa: E402
 
 if importlib.util.find_spec("vllm") is None:
     raise ModuleNotFoundError("No module named 'vllm' (bash ci/adapters/install_vllm.sh)", name="vllm")
@@ -657,41 +657,22 @@ PRELOAD = (
 )
 
 
-class RankEngine:
-    """One rank process's side of the adapter (the pool's engine): requests are dicts with an
-    ``op``; models built for handles are kept by key until freed."""
+class RankEngine(ModelEngine):
+    """One rank process's side of the adapter (the pool's engine, ``ModelEngine``: timings and
+    models by handle)."""
+
+    max_models = MAX_MODELS
 
     def __init__(self, rank: int, world_size: int, scratch: str):
+        super().__init__()
         os.environ["VLLM_RPC_BASE_PATH"] = scratch  # vLLM's IPC sockets: removed with the world
         self.runtime = _Runtime(rank, world_size, os.path.join(scratch, "configs"))
-        self.models: "OrderedDict[int, VllmModel]" = OrderedDict()
-        self.timings: dict[str, list[float]] = {}  # op -> [seconds, count] (ci/pool_benchmark.py)
-
-    def handle(self, request: dict) -> Any:
-        if request["op"] == "timings":  # what this rank spent on each kind of request, reset
-            timings, self.timings = self.timings, {}
-            return timings
-        start = time.perf_counter()
-        try:
-            return self._handle(request)
-        finally:
-            kind = request["op"]
-            if kind in ("build", "load_ranks") and not request.get("active"):
-                kind = "groups"  # a rank that only takes part in the groups of another's build
-            entry = self.timings.setdefault(kind, [0.0, 0])
-            entry[0] += time.perf_counter() - start
-            entry[1] += 1
 
     def _handle(self, request: dict) -> Any:
-        for key in request.get("free", ()):
-            self.models.pop(key, None)
         op = request["op"]
         if op == "build":
             if request["active"]:
-                model = self.runtime.build(request["arch"], request["placement"])
-                self.models[request["key"]] = model
-                while len(self.models) > MAX_MODELS:
-                    self.models.popitem(last=False)
+                self.keep(request["key"], self.runtime.build(request["arch"], request["placement"]))
             else:
                 self.runtime.groups_for(request["arch"], request["placement"])
             return None
@@ -704,12 +685,7 @@ class RankEngine:
             return None
         if op == "noop":
             return None
-        model = self.models.get(request["key"])
-        if model is None:
-            raise RuntimeError(
-                f"this rank no longer holds the model (more than {MAX_MODELS} were built since, "
-                "or it was freed); build it again"
-            )
+        model = self.model(request["key"])
         if op == "load":
             return load_model(model, request["checkpoint"]), _counters(request["checkpoint"])
         if op == "state":
@@ -721,7 +697,7 @@ class RankEngine:
         raise ValueError(f"unknown request {op!r}")
 
     def close(self) -> None:
-        self.models.clear()
+        super().close()
         self.runtime.close()
 
 
