@@ -27,7 +27,9 @@ Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapt
   tracking property is reported as not supported and a missing tensor passes only if SGLang
   raises.
 - ``state(model)`` is ``named_parameters()`` renamed to the canonical layout of
-  docs/runtime-layout.md; values are never touched.  Parameters SGLang itself marks
+  docs/runtime-layout.md.  Its parameters are filled with NaN once, right after construction
+  (``weightcheck.adapters.unwritten``: SGLang allocates with ``torch.empty``, and a region it
+  never loads must read the same on every run); values are never touched afterwards.  Parameters SGLang itself marks
   ``_skip_weight_check`` (the KV-cache scales ``attn.k_scale``/``attn.v_scale`` its
   ``BaseKVCacheMethod`` adds to every attention layer of a quantised model, defaulted to -1 and
   no checkpoint weights of the canonical layout) are left out, as SGLang's own weight checker
@@ -67,6 +69,7 @@ import sglang  # noqa: E402
 
 from weightcheck import Arch, Capabilities, Checkpoint, Placement  # noqa: E402
 from weightcheck.adapters.pool import ModelEngine  # noqa: E402
+from weightcheck.adapters.unwritten import fill_unwritten  # noqa: E402
 
 SGLANG_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -354,6 +357,7 @@ def build_model(runtime: _Runtime, arch: Arch, placement: Placement) -> SglangMo
         quant_config = _get_quantization_config(model_config, load_config)
         with set_default_torch_dtype(model_config.dtype), torch.device("cpu"):
             module = _initialize_model(model_config, load_config, quant_config)
+        fill_unwritten(p for _, p in module.named_parameters() if not getattr(p, "_skip_weight_check", False))
     layers = getattr(getattr(module, "model", None), "start_layer", None), getattr(
         getattr(module, "model", None), "end_layer", None
     )

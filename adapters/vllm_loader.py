@@ -18,8 +18,10 @@ with DP = ep / tp when ep > 1 (vLLM's expert group is DP x TP), i.e. a world of
   (tp, pp, dp, MoE) combination and reused afterwards), and the placement's rank writes the
   ``config.json`` the checkpoint carries (``weightcheck.hf_config(arch)``), builds
   ``ModelConfig`` -> ``ParallelConfig`` -> ``VllmConfig`` from it and constructs the class
-  vLLM picks for the config's ``architectures`` under the config's dtype.  It returns a handle
-  to that model, which lives in its rank process.
+  vLLM picks for the config's ``architectures`` under the config's dtype.  Every parameter
+  ``state`` reports is then filled with NaN (``weightcheck.adapters.unwritten``: vLLM allocates
+  with ``torch.empty``, and a region it never loads must read the same on every run).  It
+  returns a handle to that model, which lives in its rank process.
 - ``load(handle, checkpoint)`` calls the model's own ``load_weights(checkpoint.weights())`` in
   that process and returns the set vLLM returns (vLLM's own tracking), renamed to the
   canonical layout.
@@ -75,6 +77,7 @@ import torch  # noqa: E402
 
 from weightcheck.capabilities import Capabilities  # noqa: E402
 from weightcheck.adapters.pool import ModelEngine  # noqa: E402
+from weightcheck.adapters.unwritten import fill_unwritten  # noqa: E402
 
 if importlib.util.find_spec("vllm") is None:
     raise ModuleNotFoundError("No module named 'vllm' (bash ci/adapters/install_vllm.sh)", name="vllm")
@@ -396,6 +399,9 @@ class _Runtime:
             # (the class under its config; it also records the metadata its in-place reload needs)
             with set_default_torch_dtype(vllm_config.model_config.dtype), torch.device("cpu"), _sparse_attention_stub(arch):
                 module = initialize_model(vllm_config=vllm_config, model_class=model_cls)
+                # before LoRA wraps the layers: the base weights, never the adapters' stacks
+                kv_cache_scales = _kv_cache_scale_names(module)
+                fill_unwritten(p for n, p in module.named_parameters() if n not in kv_cache_scales)
                 if vllm_config.lora_config is not None:
                     _wrap_for_lora(module, vllm_config, arch)
         return VllmModel(module, vllm_config)

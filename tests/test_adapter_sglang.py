@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("sglang")
 
@@ -210,3 +211,14 @@ def test_pipeline_parallel_groups_are_made_per_combination_in_one_world():
             assert isinstance(model, sglang_loader.PoolModel) and model.rank == 1
             assert loader.load(model, checkpoint) is None
             assert "model.embed_tokens.weight" not in loader.state(model)  # finding 14 when tied
+
+
+def test_a_built_model_reads_nan_until_loaded():
+    """SGLang allocates with torch.empty; the adapter fills what ``state`` reports, so a region
+    SGLang never loads reads NaN on every run, never an allocator's leftovers."""
+    from weightcheck.arch import Arch, Placement
+
+    arch = Arch("llama", 16, 1, 4, 2, 4, 8, 40)
+    loader = sglang_loader.loader
+    state = loader.state(loader.build(arch, Placement((1,))))
+    assert state and all(torch.isnan(p.float()).all() for p in state.values())

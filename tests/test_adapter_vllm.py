@@ -520,3 +520,12 @@ def test_deepseek_v32_builds_with_the_sparse_attention_stubbed_at_construction_o
         state = loader.state(model)
     assert "model.layers.0.self_attn.indexer.wk_weights_proj.weight" in state
     assert _problems(case, state, loaded) == []  # float32: the k_norm dtype question does not arise
+
+
+def test_a_built_model_reads_nan_until_loaded():
+    """vLLM allocates with torch.empty; the adapter fills what ``state`` reports, so a region
+    vLLM never loads reads NaN on every run, never an allocator's leftovers."""
+    loader = vllm_loader.VllmLoader(single="inprocess")
+    arch = _tiny_moe(tie_word_embeddings=True)
+    state = loader.state(loader.build(arch, _placement()))
+    assert state and all(torch.isnan(p.float()).all() for p in state.values())
