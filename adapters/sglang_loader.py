@@ -11,9 +11,9 @@ Install with ``bash ci/adapters/install_sglang.sh`` and run with ``bash ci/adapt
   ``ModelConfig(dir, dtype=arch.dtype)``, ``get_model_architecture`` (checked to be the class
   SGLang registers for the config's ``architectures``), ``_get_quantization_config`` and
   ``_initialize_model`` under ``set_default_torch_dtype`` on CPU, under SGLang's runtime context
-  of the placement's (tp, pp).  SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``) and the
+  of the placement's (tp, pp, ep).  SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``) and the
   distributed environment (gloo) are set up once per process, the topology and groups once per
-  (tp, pp) combination (``_Runtime``).  At pp > 1 the layer split is SGLang's own default when
+  (tp, pp, ep) combination (``_Runtime``).  At pp > 1 the layer split is SGLang's own default when
   the placement's partition is that one, else the partition named in SGLang's
   ``SGLANG_PP_LAYER_PARTITION``.
 - ``load(model, checkpoint)`` reads ``checkpoint.path`` with SGLang's own reader,
@@ -39,7 +39,7 @@ Tensor and pipeline parallel: SGLang reads its tp and pp ranks from its process 
 need one process per rank.  tp = pp = 1 runs in this process; larger placements run in
 persistent rank processes of ``weightcheck.adapters.pool`` (``RankEngine``: one world per
 tp * pp, the placement at SGLang's world rank ``pp_rank * tp + tp_rank``; a world holds every
-(tp, pp) of its size, SGLang's groups made per combination in a world run and swapped in, as the
+(tp, pp, ep) of its size, SGLang's groups made per combination in a world run and swapped in, as the
 vLLM adapter does; the model kept in the rank process behind a ``PoolModel`` handle; ``build``
 and the all-ranks hook ``load_ranks`` are world runs).  ``placement_reason`` declares what it
 cannot hold: expert parallel (not attempted), pp above 2 or tp * pp above 4 (not attempted),
@@ -113,7 +113,7 @@ class SglangModel:
         self.context = context  # SGLang's runtime context (topology, groups) it was built under
 
     def scope(self):
-        """SGLang's runtime context of the model's (tp, pp), for loading and reading it."""
+        """SGLang's runtime context of the model's (tp, pp, ep), for loading and reading it."""
         from contextlib import nullcontext
 
         from sglang.srt.runtime_context import use_context
@@ -121,7 +121,7 @@ class SglangModel:
         return nullcontext() if self.context is None else use_context(self.context)
 
 
-# SGLang's model-parallel group globals (parallel_state), one set per (tp, pp) kept per process.
+# SGLang's model-parallel group globals (parallel_state), one set per (tp, pp, ep) kept per process.
 # ``_SELF_PP`` (singleton groups over the whole world) is made once and shared by every set.
 _GROUP_GLOBALS = (
     "_TP", "_ATTN_TP", "_SHARED_EXPERTS_TP", "_ATTN_CP", "_DCP", "_PDMUX_PREFILL_TP_GROUP",
@@ -131,7 +131,7 @@ _GROUP_GLOBALS = (
 
 class _Runtime:
     """Set up once per process: SGLang's imports, the distributed environment (gloo) and, per
-    (tp, pp) combination, a runtime context of SGLang's with that topology published and its
+    (tp, pp, ep) combination, a runtime context of SGLang's with that topology published and its
     model-parallel groups.  In this process: a world of one rank (tp = pp = 1).  In a rank
     process of the pool (``RankEngine``), where torch.distributed is already set up over the
     pool's gloo world: rank ``rank`` of a world of ``world_size`` = tp * pp, laid out as SGLang
@@ -154,9 +154,9 @@ class _Runtime:
         self.config_dirs: dict[str, str] = {}
 
         self.rank, self.world_size = rank, world_size
-        self.group_sets: dict[tuple[int, int], dict] = {}
-        self.contexts: dict[tuple[int, int], Any] = {}
-        self.current: tuple[int, int] | None = None
+        self.group_sets: dict[tuple[int, int, int], dict] = {}
+        self.contexts: dict[tuple[int, int, int], Any] = {}
+        self.current: tuple[int, int, int] | None = None
         if torch.distributed.is_initialized():  # a rank process of the pool
             method = "env://"
         else:
@@ -175,16 +175,18 @@ class _Runtime:
         if world_size == 1:  # the only combination of a one-rank world, made here
             self.groups_for(1, 1)
 
-    def groups_for(self, tp_size: int, pp_size: int) -> Any:
-        """Make SGLang's groups and published topology those of (tp, pp); returns the runtime
-        context (``sglang.srt.runtime_context``) to build and load under.  Creating a
+    def groups_for(self, tp_size: int, pp_size: int, ep_size: int = 1) -> Any:
+        """Make SGLang's groups and published topology those of (tp, pp, ep); returns the
+        runtime context (``sglang.srt.runtime_context``) to build and load under.  Creating a
         combination's groups is collective: every rank of the world calls this, in the same
-        order (build and load_ranks are world runs)."""
+        order (build and load_ranks are world runs).  SGLang's expert-parallel group lies
+        inside the tp group (``moe_ep_size`` divides ``tp_size``; at ep = tp it is the tp
+        group itself), so ep adds no ranks to the world."""
         from sglang.srt.distributed import parallel_state as ps
         from sglang.srt.runtime_context import SpawnRanks, create_context, use_context
         from sglang.srt.server_args import ServerArgs
 
-        key = (tp_size, pp_size)
+        key = (tp_size, pp_size, ep_size)
         if tp_size * pp_size != self.world_size:
             raise RuntimeError(f"tp {tp_size} x pp {pp_size} is no layout of a world of {self.world_size}")
         if key == self.current:
@@ -195,7 +197,7 @@ class _Runtime:
             # benchmark datasets), into a context of this combination's own instead of the
             # process-wide one: the CPU topology, this rank's place in it, the WORLD group.
             context = create_context(
-                ServerArgs(model_path="dummy", tp_size=tp_size, ep_size=1, pp_size=pp_size, device="cpu"),
+                ServerArgs(model_path="dummy", tp_size=tp_size, ep_size=ep_size, pp_size=pp_size, device="cpu"),
                 role="test",
                 ranks=SpawnRanks(world_rank=self.rank),
             )
@@ -255,7 +257,11 @@ def features(environ=os.environ) -> set[str]:
       (``RankEngine``), tp 3 and tp above a MoE's expert count excluded (``placement_reason``).
     - pipeline_parallel: declared for pp 2 at tp 1 and 2 (worlds of at most 4 ranks), any
       partition; not GPT-2 (SGLang's GPT-2 has no pipeline parallel).
-    - expert_parallel: not attempted.
+    - expert_parallel: declared where SGLang's rule meets the suite's layout: SGLang's expert
+      group lies inside the tp group (``moe_tp_size = tp_size // moe_ep_size``), and the
+      suite's layout holds each local expert whole (moe tp 1), so ep = tp, the ep rank being
+      the tp rank; linear placement only (SGLang's default expert location; round robin is no
+      choice of its standard MoE).
     - fused_expert_checkpoint: SGLang 0.5.23's Qwen2-MoE/Qwen3-MoE ``load_weights`` know only
       per-expert tensors; the transformers-v5 3-D ``mlp.experts.gate_up_proj``/``down_proj`` are
       skipped without a word (the experts keep uninitialised memory).
@@ -268,7 +274,10 @@ def features(environ=os.environ) -> set[str]:
     - fp8_block: SGLang refuses, at construction, block sizes that do not divide every shard of
       a merged layer (the random profile's usual case), and its Llama drops every block scale.
     """
-    declared = {"tensor_parallel", "pipeline_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"}
+    declared = {
+        "tensor_parallel", "pipeline_parallel", "expert_parallel", "tied_embeddings", "attention_bias",
+        "sharded_checkpoint",
+    }
     if environ.get("WEIGHTCHECK_SGLANG_FP8") == "1":
         declared.add("fp8_per_tensor")
     return declared
@@ -280,10 +289,26 @@ MAX_WORLD = 4  # ranks of a world: tp 1/2/4 at pp 1, pp 2 at tp 1 and 2
 def placement_reason(placement, arch=None) -> str | None:
     """None when this adapter can hold this rank of ``arch`` in SGLang, else why not
     (``Capabilities.placements``).  Tensor and pipeline parallel: one pool world per tp * pp,
-    whose groups are made per (tp, pp) combination."""
-    tp, pp = placement.tp_size, placement.pp_size
-    if placement.ep_size > 1:
-        return "this adapter runs SGLang at tensor and pipeline parallel only (no expert parallel)"
+    whose groups are made per (tp, pp, ep) combination."""
+    tp, pp, ep = placement.tp_size, placement.pp_size, placement.ep_size
+    if ep > 1:
+        if ep != tp:
+            return (
+                f"SGLang's expert group lies inside the tp group (moe tp = tp / ep); only ep = tp "
+                f"holds each local expert whole, as the suite's layout does (ep {ep}, tp {tp})"
+            )
+        if placement.ep_rank != placement.tp_rank:
+            return (
+                f"SGLang's expert group at ep = tp is the tp group: ep rank {placement.ep_rank} "
+                f"cannot sit at tp rank {placement.tp_rank}"
+            )
+        if placement.expert_placement != "linear":
+            return "SGLang's standard MoE places experts linearly (no round robin)"
+        if arch is not None and arch.moe is not None and arch.moe.num_experts % ep:
+            return (
+                f"SGLang's FusedMoE splits the experts evenly or not at all: {arch.moe.num_experts} "
+                f"experts over ep {ep} fail a bare assert (_num_global_routed % ep_size == 0)"
+            )
     if pp > 2 or tp * pp > MAX_WORLD:
         return (
             f"this adapter runs SGLang in worlds of at most {MAX_WORLD} rank processes and pp at most "
@@ -329,7 +354,7 @@ def build_model(runtime: _Runtime, arch: Arch, placement: Placement) -> SglangMo
             f"{placement.tp_size * placement.pp_size}, but this process is rank {runtime.rank} "
             f"of {runtime.world_size}"
         )
-    context = runtime.groups_for(placement.tp_size, placement.pp_size)
+    context = runtime.groups_for(placement.tp_size, placement.pp_size, placement.ep_size)
     # SGLang's layer split: its own default (get_pp_indices) when the placement's partition is
     # that one, else the partition named in SGLANG_PP_LAYER_PARTITION (SGLang's own setting).
     partition = tuple(placement.layer_partition)
@@ -344,11 +369,14 @@ def build_model(runtime: _Runtime, arch: Arch, placement: Placement) -> SglangMo
             parallel.tp_group.world_size,
             parallel.pp_group.rank_in_group,
             parallel.pp_group.world_size,
+            parallel.moe_ep_group.rank_in_group,
+            parallel.moe_ep_group.world_size,
         )
-        want = (placement.tp_rank, placement.tp_size, placement.pp_rank, placement.pp_size)
+        want = (placement.tp_rank, placement.tp_size, placement.pp_rank, placement.pp_size,
+                placement.ep_rank, placement.ep_size)
         if got != want:
-            raise RuntimeError(f"SGLang's groups put this process at (tp rank, tp, pp rank, pp) "
-                               f"{got}, the placement is {want}")
+            raise RuntimeError(f"SGLang's groups put this process at (tp rank, tp, pp rank, pp, "
+                               f"ep rank, ep) {got}, the placement is {want}")
         model_config = ModelConfig(runtime.config_dir(suite_config(arch)), dtype=arch.dtype)
         load_config = LoadConfig()
         _, arch_name = get_model_architecture(model_config)
@@ -430,9 +458,9 @@ class RankEngine(ModelEngine):
         if op == "noop":
             return None
         if op in ("build", "load_ranks") and not request["active"]:
-            # a rank that only takes part in making the groups of another rank's (tp, pp)
+            # a rank that only takes part in making the groups of another rank's (tp, pp, ep)
             placement = request["placement"]
-            self.runtime.groups_for(placement.tp_size, placement.pp_size)
+            self.runtime.groups_for(placement.tp_size, placement.pp_size, placement.ep_size)
             return None
         if op == "build":
             self.keep(request["key"], build_model(self.runtime, request["arch"], request["placement"]))
@@ -536,7 +564,7 @@ class SglangLoader:
             return build_model(self.runtime, arch, placement)
         from weightcheck.adapters.pool import RankFailed
 
-        # A world run: every rank makes (or swaps in) the groups of this (tp, pp), which is
+        # A world run: every rank makes (or swaps in) the groups of this (tp, pp, ep), which is
         # collective the first time; the placement's rank builds.  The world starts on first
         # use: the handle takes the generation it built in.
         world = self.pool.world(size)

@@ -16,12 +16,15 @@ from weightcheck.capabilities import FEATURES, PROMISES  # noqa: E402
 from weightcheck.conformance.expectations import parse  # noqa: E402
 
 
-def test_capabilities_are_four_families_and_tensor_and_pipeline_parallel():
+def test_capabilities_are_four_families_and_tensor_pipeline_and_expert_parallel():
     caps = sglang_loader.loader.capabilities
     assert caps.families == {"llama", "gpt2", "qwen3_moe", "qwen2_moe"}
     assert caps.features <= set(FEATURES) | set(PROMISES)
-    assert {"tensor_parallel", "pipeline_parallel", "tied_embeddings", "attention_bias", "sharded_checkpoint"} <= caps.features
-    assert not caps.features & {"expert_parallel", "lora"}
+    assert {
+        "tensor_parallel", "pipeline_parallel", "expert_parallel", "tied_embeddings", "attention_bias",
+        "sharded_checkpoint",
+    } <= caps.features
+    assert "lora" not in caps.features
     assert caps.placements is sglang_loader.placement_reason
     assert sglang_loader.loader.name.startswith("sglang ")
 
@@ -50,7 +53,7 @@ def test_placements_sglang_holds_and_those_it_cannot():
     assert "no pipeline parallel" in sglang_loader.placement_reason(_placement(pp=2), gpt2)
     for placement in (_placement(pp=3, layers=3), _placement(tp=4, pp=2)):
         assert "not attempted" in sglang_loader.placement_reason(placement)
-    with pytest.raises(NotImplementedError, match="no expert parallel"):
+    with pytest.raises(NotImplementedError, match="only ep = tp"):
         sglang_loader.loader.build(moe, _placement(ep=2))
 
 
@@ -222,3 +225,42 @@ def test_a_built_model_reads_nan_until_loaded():
     loader = sglang_loader.loader
     state = loader.state(loader.build(arch, Placement((1,))))
     assert state and all(torch.isnan(p.float()).all() for p in state.values())
+
+
+@pytest.mark.parametrize("family, tp", [("qwen3_moe", 2), ("qwen2_moe", 2), ("qwen3_moe", 4)])
+def test_expert_parallel_ranks_hold_their_experts_whole(family, tp):
+    """ep = tp (SGLang's expert group is then the tp group): each rank holds its linear share
+    of the experts, unsharded, and everything else as at tp alone; the oracle agrees on every
+    rank, in one world run."""
+    from dataclasses import replace
+
+    from weightcheck.arch import Arch, MoE, Placement
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+
+    shared = 8 if family == "qwen2_moe" else 0  # Qwen2-MoE: head_dim is hidden / heads
+    arch = Arch(family, 16, 1, 4, 4, 4, 8, 40, moe=MoE(8, 2, 8, shared_expert_intermediate_size=shared))
+    case = _case(arch, fmt="per_expert")
+    placements = [Placement((1,), tp, r, ep_size=tp, ep_rank=r) for r in range(tp)]
+    assert all(sglang_loader.placement_reason(p, arch) is None for p in placements)
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        results = sglang_loader.loader.load_ranks(arch, placements, checkpoint)
+    for placement, result in zip(placements, results):
+        assert not isinstance(result, Exception), result
+        state, _ = result
+        assert tuple(state["model.layers.0.mlp.experts.w13_weight"].shape) == (8 // tp, 16, 16)
+        assert _problems(replace(case, placement=placement), state) == []
+
+
+def test_expert_parallel_sglang_cannot_hold_is_declared():
+    """SGLang's expert group lies inside the tp group and splits the experts evenly: ep = tp,
+    the ep rank at the tp rank, linear, experts a multiple of ep."""
+    from weightcheck.arch import Arch, MoE, Placement
+
+    arch = Arch("qwen3_moe", 16, 1, 4, 4, 4, 8, 40, moe=MoE(6, 2, 8))
+    reason = sglang_loader.placement_reason
+    assert "only ep = tp" in reason(Placement((1,), 2, 0, ep_size=4, ep_rank=0), arch)
+    assert "cannot sit at tp rank" in reason(Placement((1,), 2, 0, ep_size=2, ep_rank=1), arch)
+    assert "linearly" in reason(Placement((1,), 2, 0, ep_size=2, ep_rank=0, expert_placement="round_robin"), arch)
+    assert "evenly" in reason(Placement((1,), 4, 0, ep_size=4, ep_rank=0), arch)
+    assert reason(Placement((1,), 2, 1, ep_size=2, ep_rank=1), arch) is None
