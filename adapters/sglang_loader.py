@@ -42,8 +42,8 @@ tp * pp, the placement at SGLang's world rank ``pp_rank * tp + tp_rank``; a worl
 (tp, pp, ep) of its size, SGLang's groups made per combination in a world run and swapped in, as the
 vLLM adapter does; the model kept in the rank process behind a ``PoolModel`` handle; ``build``
 and the all-ranks hook ``load_ranks`` are world runs).  ``placement_reason`` declares what it
-cannot hold: expert parallel (not attempted), pp above 2 or tp * pp above 4 (not attempted),
-GPT-2 at pp > 1 (no pipeline parallel in SGLang's GPT-2), tp 3, tp above a MoE's expert count.
+cannot hold: expert parallel other than ep = tp (linear, experts a multiple of ep), tp * pp
+above 4 (worlds of at most 4 rank processes: not attempted), GPT-2 at pp > 1 (no pipeline parallel in SGLang's GPT-2), tp 3, tp above a MoE's expert count.
 See ``features()`` for what else is and is not declared, and why.
 """
 
@@ -136,7 +136,7 @@ class _Runtime:
     process of the pool (``RankEngine``), where torch.distributed is already set up over the
     pool's gloo world: rank ``rank`` of a world of ``world_size`` = tp * pp, laid out as SGLang
     lays out its world (``rank = tp_size * pp_rank + tp_rank``).  A world of one size can hold
-    several combinations (4 = tp 4 or tp 2 x pp 2): ``groups_for`` creates a combination's
+    several combinations (4 = tp 4, pp 4 or tp 2 x pp 2, with or without ep): ``groups_for`` creates a combination's
     groups collectively (in a world run, every rank) the first time the world sees it, keeps
     them, and swaps them in afterwards, as the vLLM adapter's ``_Runtime.groups_for`` does."""
 
@@ -255,8 +255,8 @@ def features(environ=os.environ) -> set[str]:
 
     - tensor_parallel: declared; tp > 1 ranks run in rank processes of weightcheck.adapters.pool
       (``RankEngine``), tp 3 and tp above a MoE's expert count excluded (``placement_reason``).
-    - pipeline_parallel: declared for pp 2 at tp 1 and 2 (worlds of at most 4 ranks), any
-      partition; not GPT-2 (SGLang's GPT-2 has no pipeline parallel).
+    - pipeline_parallel: declared for pp 2-4 at tp 1, pp 2 at tp 2 (worlds of at most 4
+      ranks), any partition; not GPT-2 (SGLang's GPT-2 has no pipeline parallel).
     - expert_parallel: declared where SGLang's rule meets the suite's layout: SGLang's expert
       group lies inside the tp group (``moe_tp_size = tp_size // moe_ep_size``), and the
       suite's layout holds each local expert whole (moe tp 1), so ep = tp, the ep rank being
@@ -283,7 +283,7 @@ def features(environ=os.environ) -> set[str]:
     return declared
 
 
-MAX_WORLD = 4  # ranks of a world: tp 1/2/4 at pp 1, pp 2 at tp 1 and 2
+MAX_WORLD = 4  # ranks of a world: tp 1/2/4 at pp 1, pp 2-4 at tp 1, pp 2 at tp 2
 
 
 def placement_reason(placement, arch=None) -> str | None:
@@ -309,10 +309,10 @@ def placement_reason(placement, arch=None) -> str | None:
                 f"SGLang's FusedMoE splits the experts evenly or not at all: {arch.moe.num_experts} "
                 f"experts over ep {ep} fail a bare assert (_num_global_routed % ep_size == 0)"
             )
-    if pp > 2 or tp * pp > MAX_WORLD:
+    if tp * pp > MAX_WORLD:
         return (
-            f"this adapter runs SGLang in worlds of at most {MAX_WORLD} rank processes and pp at most "
-            f"2 (tp {tp} x pp {pp} not attempted)"
+            f"this adapter runs SGLang in worlds of at most {MAX_WORLD} rank processes "
+            f"(tp {tp} x pp {pp} not attempted)"
         )
     if pp > 1 and arch is not None and arch.family == "gpt2":
         return (

@@ -51,7 +51,9 @@ def test_placements_sglang_holds_and_those_it_cannot():
     assert "number of experts" in sglang_loader.placement_reason(_placement(tp=4), moe)
     assert sglang_loader.placement_reason(_placement(tp=2), moe) is None
     assert "no pipeline parallel" in sglang_loader.placement_reason(_placement(pp=2), gpt2)
-    for placement in (_placement(pp=3, layers=3), _placement(tp=4, pp=2)):
+    for pp in (3, 4):  # worlds of 3 and 4
+        assert sglang_loader.placement_reason(_placement(pp=pp, pp_rank=pp - 1, layers=4), moe) is None
+    for placement in (_placement(tp=4, pp=2), _placement(tp=2, pp=3, layers=3)):
         assert "not attempted" in sglang_loader.placement_reason(placement)
     with pytest.raises(NotImplementedError, match="only ep = tp"):
         sglang_loader.loader.build(moe, _placement(ep=2))
@@ -227,6 +229,18 @@ def test_a_built_model_reads_nan_until_loaded():
     assert state and all(torch.isnan(p.float()).all() for p in state.values())
 
 
+def _world(case, placements):
+    """Every given rank of one world built and loaded in one world run: (placement, state)."""
+    from weightcheck.fixtures.materialize import scratch_dir, write_case
+
+    with scratch_dir() as path:
+        checkpoint = write_case(case, path)
+        results = sglang_loader.loader.load_ranks(case.arch, placements, checkpoint)
+    for placement, result in zip(placements, results):
+        assert not isinstance(result, Exception), result
+        yield placement, result[0]
+
+
 @pytest.mark.parametrize("family, tp", [("qwen3_moe", 2), ("qwen2_moe", 2), ("qwen3_moe", 4)])
 def test_expert_parallel_ranks_hold_their_experts_whole(family, tp):
     """ep = tp (SGLang's expert group is then the tp group): each rank holds its linear share
@@ -235,19 +249,13 @@ def test_expert_parallel_ranks_hold_their_experts_whole(family, tp):
     from dataclasses import replace
 
     from weightcheck.arch import Arch, MoE, Placement
-    from weightcheck.fixtures.materialize import scratch_dir, write_case
 
     shared = 8 if family == "qwen2_moe" else 0  # Qwen2-MoE: head_dim is hidden / heads
     arch = Arch(family, 16, 1, 4, 4, 4, 8, 40, moe=MoE(8, 2, 8, shared_expert_intermediate_size=shared))
     case = _case(arch, fmt="per_expert")
     placements = [Placement((1,), tp, r, ep_size=tp, ep_rank=r) for r in range(tp)]
     assert all(sglang_loader.placement_reason(p, arch) is None for p in placements)
-    with scratch_dir() as path:
-        checkpoint = write_case(case, path)
-        results = sglang_loader.loader.load_ranks(arch, placements, checkpoint)
-    for placement, result in zip(placements, results):
-        assert not isinstance(result, Exception), result
-        state, _ = result
+    for placement, state in _world(case, placements):
         assert tuple(state["model.layers.0.mlp.experts.w13_weight"].shape) == (8 // tp, 16, 16)
         assert _problems(replace(case, placement=placement), state) == []
 
@@ -264,3 +272,25 @@ def test_expert_parallel_sglang_cannot_hold_is_declared():
     assert "linearly" in reason(Placement((1,), 2, 0, ep_size=2, ep_rank=0, expert_placement="round_robin"), arch)
     assert "evenly" in reason(Placement((1,), 4, 0, ep_size=4, ep_rank=0), arch)
     assert reason(Placement((1,), 2, 1, ep_size=2, ep_rank=1), arch) is None
+
+
+@pytest.mark.parametrize("family, partition", [("llama", (1, 2, 1)), ("qwen3_moe", (1, 1, 1, 1))])
+def test_pp_3_and_4_each_rank_builds_and_loads_its_layers(family, partition):
+    """Worlds of 3 and 4 pp ranks (any partition through SGLANG_PP_LAYER_PARTITION): every rank
+    holds exactly its layers, loaded bit-exact; the one difference from the layout is finding
+    13 (an untied lm_head on every pp rank)."""
+    from dataclasses import replace
+
+    from weightcheck.arch import Arch, MoE, Placement
+
+    moe = MoE(4, 1, 8) if family == "qwen3_moe" else None
+    arch = Arch(family, 16, sum(partition), 2, 2, 8, 8, 40, moe=moe)
+    case = _case(arch, fmt="per_expert" if moe else "default")
+    pp = len(partition)
+    placements = [Placement(partition, 1, 0, pp, p) for p in range(pp)]
+    for placement, state in _world(case, placements):
+        layers = {int(n.split(".")[2]) for n in state if n.startswith("model.layers.")}
+        assert layers == set(placement.layers)
+        problems = _problems(replace(case, placement=placement), state)
+        assert all(p.startswith("lm_head.weight should not exist") for p in problems), problems
+        assert bool(problems) == (not placement.is_last_pp_rank)  # finding 13
