@@ -11,7 +11,7 @@ from weightcheck.fixtures.case import Case
 
 from .archs import archs, quants
 from .checkpoints import checkpoint_recipes
-from .placements import placements, pp_sizes, tp_sizes
+from .placements import holds_any, placements, pp_sizes, tp_sizes
 
 
 @st.composite
@@ -21,11 +21,18 @@ def cases(
     """Parallel sizes first, then an arch they can split, a rank, and a checkpoint.
 
     ``max_ranks`` bounds tp x pp x ep, for properties that load every rank of the placement.
+    Where the loader holds no rank of the arch at the drawn (tp, pp) (SGLang's GPT-2 has no
+    pipeline parallel), the sizes fall back to (tp, 1), then (1, 1), which every arch drawn for
+    them can split: no example is filtered out, so a loader that declares many such holes still
+    runs its examples (filtering them made Hypothesis fail its filter health check).
     """
     caps = capabilities or Capabilities()
     tp_size = draw(tp_sizes(caps.supports("tensor_parallel"), limit=max_ranks))
     pp_size = draw(pp_sizes(caps.supports("pipeline_parallel"), limit=max_ranks and max_ranks // tp_size))
     arch = draw(archs(family, tp_size, pp_size, caps))
+    tp_size, pp_size = next(
+        (sizes for sizes in ((tp_size, pp_size), (tp_size, 1)) if holds_any(arch, *sizes, caps)), (1, 1)
+    )
     max_ep = max_ranks // (tp_size * pp_size) if max_ranks else None
     placement = draw(placements(arch, tp_size, pp_size, caps, max_ep=max_ep))
     recipe = draw(

@@ -83,7 +83,10 @@ def placements(
     if not caps.supports("expert_parallel"):
         max_ep = 1
     if caps.placements is not None:
-        return draw(_supported_placements(arch, tp_size, pp_size, caps, max_ep))
+        held = draw(_supported_placements(arch, tp_size, pp_size, caps, max_ep))
+        if held is None:
+            reject()  # the loader holds no rank of this (tp, pp): cases() falls back instead
+        return held
     ep_size = draw(st.integers(1, max_ep))
     return Placement(
         layer_partition=draw(partitions(arch.num_layers, pp_size)),
@@ -97,8 +100,21 @@ def placements(
     )
 
 
+def holds_any(arch: Arch, tp_size: int, pp_size: int, caps) -> bool:
+    """Whether the loader holds some rank of ``arch`` at (tp, pp), ep 1 (any partition it
+    would be drawn with: the default one is tried)."""
+    if caps.placements is None:
+        return True
+    partition = vllm_default_partition(arch.num_layers, pp_size)
+    return any(
+        caps.placement_reason(Placement(partition, tp_size, tp, pp_size, pp), arch) is None
+        for pp in range(pp_size)
+        for tp in range(tp_size)
+    )
+
+
 @st.composite
-def _supported_placements(draw, arch: Arch, tp_size: int, pp_size: int, caps, max_ep: int) -> Placement:
+def _supported_placements(draw, arch: Arch, tp_size: int, pp_size: int, caps, max_ep: int) -> Placement | None:
     partition = draw(partitions(arch.num_layers, pp_size))
     kind = draw(st.sampled_from(EXPERT_PLACEMENTS))
     by_ep_size = {}
@@ -113,6 +129,6 @@ def _supported_placements(draw, arch: Arch, tp_size: int, pp_size: int, caps, ma
         if supported:
             by_ep_size[ep_size] = supported
     if not by_ep_size:
-        reject()  # the loader holds no rank of this (tp, pp): an unusual declaration
+        return None
     ep_size = draw(st.sampled_from(sorted(by_ep_size)), label="ep size")
     return draw(st.sampled_from(by_ep_size[ep_size]), label="supported rank")
