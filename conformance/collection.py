@@ -99,7 +99,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"not supported by the loader: family {family}"))
         ids = item_ids(prop, family, regression)
         for entry in run.expectations:
-            if entry.id in ids:
+            if entry.id not in ids:
+                continue
+            if entry.when:  # judged per example, by the harness
+                harness(config).known.setdefault(item.nodeid, []).append(entry)
+            else:
                 item.add_marker(pytest.mark.xfail(reason=f"expected ({entry.id}): {entry.reason}", strict=True))
 
 

@@ -10,6 +10,16 @@ One entry a line, ``ID: reason``; ``#`` starts a comment.  IDs are stable across
 A listed test that fails is reported as xfailed with the reason; one that passes fails the
 run (strict xpass), so a fixed bug is noticed and its entry removed.  An entry that names no
 known property, family or regression case is a usage error.
+
+``ID when FEATURE|FEATURE: reason`` (a property or property[family] ID) narrows an entry to the
+examples that use one of the features (names of the conformance matrix, such as
+``tied_embeddings`` or ``pipeline_parallel``; ``!tied_embeddings``: an example that does not use
+it): only a failure of such an example is expected; any other example that fails fails the
+test, as without the entry.  A bug bound to a feature then hides nothing in the examples
+without it: a new tensor-parallel bug in a family whose tied LM head is known broken still
+fails the run on an untied example.  A narrowed entry is not strict (whether an example
+reaches the bug depends on the draw: a tied LM head on a pp rank without it passes); the
+finding's regression case, whose entry is strict, notices the fix.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-ENTRY = re.compile(r"^(?P<id>[^\s:#]+)\s*:\s*(?P<reason>\S.*)$")
+ENTRY = re.compile(r"^(?P<id>[^\s:#]+)(?:\s+when\s+(?P<when>[\w|!]+))?\s*:\s*(?P<reason>\S.*)$")
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,17 @@ class Expectation:
     id: str
     reason: str
     line: int
+    when: tuple[str, ...] = ()  # features: only examples using one of them are expected to fail
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} when {'|'.join(self.when)}" if self.when else self.id
+
+    def covers(self, features: dict) -> bool:
+        """Whether an example with these features (``Case.features()``) is expected to fail."""
+        return not self.when or any(
+            not features.get(name[1:]) if name.startswith("!") else bool(features.get(name)) for name in self.when
+        )
 
 
 class ExpectationsError(ValueError):
@@ -45,9 +66,11 @@ def parse(path: str | Path) -> list[Expectation]:
         match = ENTRY.match(text)
         if not match:
             raise ExpectationsError(
-                f"--expect-fail {path}:{number}: expected 'ID: reason', got {raw.strip()!r}"
+                f"--expect-fail {path}:{number}: expected 'ID: reason' or 'ID when FEATURE|...: "
+                f"reason', got {raw.strip()!r}"
             )
-        out.append(Expectation(match["id"], match["reason"].strip(), number))
+        when = tuple(match["when"].split("|")) if match["when"] else ()
+        out.append(Expectation(match["id"], match["reason"].strip(), number, when))
     return out
 
 
@@ -59,7 +82,11 @@ def item_ids(prop: str | None, family: str | None, regression: str | None) -> se
 
 
 def validate(
-    entries: list[Expectation], properties: tuple[str, ...], families: tuple[str, ...], regressions: set[str]
+    entries: list[Expectation],
+    properties: tuple[str, ...],
+    families: tuple[str, ...],
+    regressions: set[str],
+    features: tuple[str, ...] = (),
 ) -> None:
     known = set(properties) | {f"{p}[{f}]" for p in properties for f in families}
     known |= {f"regression[{r}]" for r in regressions}
@@ -71,4 +98,17 @@ def validate(
             f"--expect-fail entries match no test: {listed}; IDs are PROPERTY, PROPERTY[FAMILY] "
             f"or regression[CASE][/PROPERTY] with properties {list(properties)} and families "
             f"{list(families)}"
+        )
+    narrowed = [e for e in entries if e.when]
+    wrong = [e for e in narrowed if e.id.startswith("regression[")]
+    if wrong:
+        raise ExpectationsError(
+            f"--expect-fail: 'when' narrows property tests, not regression cases (one case, one "
+            f"example): {', '.join(f'{e.id!r} (line {e.line})' for e in wrong)}"
+        )
+    unknown_features = sorted({f.removeprefix("!") for e in narrowed for f in e.when} - set(features))
+    if unknown_features:
+        raise ExpectationsError(
+            f"--expect-fail: 'when' names no feature of the matrix: {unknown_features}; features are "
+            f"{list(features)}"
         )

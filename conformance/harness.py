@@ -10,6 +10,13 @@ Two things keep a broken loader's run short and its report readable:
   by then (a note in the report says so);
 - **an adapter error is reported once**: a loader that breaks the protocol (``load`` returning a
   list, say) fails the first test that meets it; the other tests are skipped, pointing there.
+
+An expectation narrowed to features (``ID when FEATURE: reason``, ``conformance.expectations``)
+is judged here, per example: a property failure of an example using one of the features is
+counted (``known``) and the test goes on, as if that example had passed; Hypothesis never sees
+it, so it neither stops nor shrinks there, and the failure it does report is one no entry
+expects.  Such an example's features are counted apart (``KNOWN_PREFIX``) so that the matrix
+never counts it as established.
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ from hypothesis import strategies as st
 
 from weightcheck.fixtures.case import Case
 
-from .assertions import full_report
+from .assertions import PropertyFailure, full_report
 from .properties import NotSupported, property_named
 from .protocol import AdapterError, LoaderAdapter
 from .runner import Example, draw_example, run_example, unsupported
-from .session import EXERCISED
+from .session import EXERCISED, KNOWN_FAILURES, KNOWN_PREFIX
 from .timing import Clock, measuring
 
 
@@ -61,6 +68,7 @@ class Harness:
     last_example: dict[str, Example] = field(default_factory=dict)
     failing: dict[str, Failing] = field(default_factory=dict)
     adapter_error: tuple[str, str] | None = None  # (test that met it, message)
+    known: dict[str, list] = field(default_factory=dict)  # test -> expectations narrowed by 'when'
     current: str = ""
 
     def __repr__(self) -> str:  # Hypothesis prints the fixture in every falsifying example
@@ -139,21 +147,33 @@ class Harness:
 
     def run(self, example: Example) -> None:
         __tracebackhide__ = True
+        features = example.case.features()
+        expected = [e for e in self.known.get(self.current, ()) if e.covers(features)]
         try:
-            outcome = self._failing_on_error(example, run_example, self.loader, example)
+            outcome = self._failing_on_error(example, run_example, self.loader, example, expected=expected)
         except NotSupported as why:
             pytest.skip(f"not supported by the loader: {why}")
+        except _Expected as known:
+            brought = property_named(example.property).input_of(example.extras)
+            self._count_known(known.entries, {**features, **({f"input {brought}": True} if brought else {})})
+            return
         if outcome.exercised:
             self.counts[self.current][EXERCISED] += 1
         if outcome.note and currently_in_test_context():
             event(f"{example.property}: {outcome.note}")
 
-    def _failing_on_error(self, example: Example, fn, *args):
-        """Run ``fn``; remember a failure (for the shrink budget) and an adapter error."""
+    def _failing_on_error(self, example: Example, fn, *args, expected=()):
+        """Run ``fn``; remember a failure (for the shrink budget) and an adapter error.  A
+        property failure that ``expected`` entries cover is no failure of the test."""
         __tracebackhide__ = True
         try:
             return fn(*args)
         except NotSupported:
+            raise
+        except PropertyFailure as exc:
+            if expected:
+                raise _Expected(expected) from exc
+            self._remember(example)
             raise
         except AdapterError as exc:
             if self.adapter_error is None:
@@ -163,6 +183,21 @@ class Harness:
         except Exception:
             self._remember(example)
             raise
+
+    def _count_known(self, entries: list, features: dict) -> None:
+        """An expected failure: which entries expected it, and the example's features apart
+        from those of the examples that passed."""
+        counter = self.counts.setdefault(self.current, Counter())
+        counter[KNOWN_FAILURES] += 1
+        for entry in entries:
+            counter[f"{KNOWN_PREFIX}entry {entry.label}: {entry.reason}"] += 1
+        for key, value in features.items():
+            if not isinstance(value, bool):
+                counter[f"{KNOWN_PREFIX}{key}={value}"] += 1
+            elif value:
+                counter[f"{KNOWN_PREFIX}{key}"] += 1
+        if currently_in_test_context():
+            event("known failure (an expectation narrowed by 'when')")
 
     def _remember(self, example: Example) -> None:
         failing = self.failing.setdefault(self.current, Failing(time.monotonic()))
@@ -204,3 +239,11 @@ class Harness:
                 text = value
             if in_hypothesis:
                 event(f"{key}: {text}")
+
+
+class _Expected(Exception):
+    """A property failure that expectations narrowed by 'when' cover (``entries``)."""
+
+    def __init__(self, entries: list) -> None:
+        super().__init__(", ".join(e.label for e in entries))
+        self.entries = entries

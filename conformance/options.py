@@ -178,6 +178,7 @@ def _choose_profile(config: pytest.Config) -> str:
 def _run_options(config: pytest.Config, adapter) -> RunOptions:
     from .casefiles import CaseFileError, read_case_file
     from .expectations import ExpectationsError, parse, validate
+    from .report import MATRIX_FEATURES
     from .profiles import DEFAULT_SHRINK_BUDGET, SHRINK_BUDGETS
     from .properties import PROPERTY_NAMES
 
@@ -202,7 +203,7 @@ def _run_options(config: pytest.Config, adapter) -> RunOptions:
         for file in files:
             expectations += parse(file)
         stems = {p.stem for p in regression_files(dirs)}
-        validate(expectations, (*PROPERTY_NAMES, "gpu"), FAMILY_NAMES, stems)
+        validate(expectations, (*PROPERTY_NAMES, "gpu"), FAMILY_NAMES, stems, MATRIX_FEATURES)
     except ExpectationsError as exc:
         raise pytest.UsageError(str(exc)) from None
     budget = config.getoption("shrink_budget")

@@ -17,6 +17,8 @@ from typing import Any
 
 from weightcheck.capabilities import Capabilities, FEATURES
 
+from .session import KNOWN_PREFIX
+
 from weightcheck.families import FAMILY_NAMES
 
 REPORT_SCHEMA_VERSION = 2
@@ -34,6 +36,8 @@ EXTRA_FEATURES = (
     ("vocab_padding_boundary", None),
     ("config_defaults_omitted", None),
 )
+# The features an example can use (``Case.features()``), as the matrix's rows name them.
+MATRIX_FEATURES = (*FEATURES, *(name for name, _ in EXTRA_FEATURES))
 
 
 @dataclass
@@ -102,12 +106,15 @@ def matrix(records: list[TestRecord], caps: Capabilities) -> list[dict[str, Any]
         drawn = sum(r.features.get(key, 0) for r in records)
         own_verdict = key.startswith("input ")  # its own property judges it, values or not
         established = sum(
-            r.features.get(key, 0)
+            r.features.get(key, 0) - r.features.get(KNOWN_PREFIX + key, 0)
             for r in records
             if r.outcome == "passed" and (r.checks_values or own_verdict)
         )
         failed = [r.id for r in records if r.outcome == "failed" and _used(key, r.failing_features)]
-        known = [r.id for r in records if r.outcome == "xfailed" and _used(key, r.failing_features)]
+        known = [
+            r.id for r in records
+            if r.outcome == "xfailed" and _used(key, r.failing_features) or r.features.get(KNOWN_PREFIX + key)
+        ]
         note = ""
         if impossible:
             status = impossible

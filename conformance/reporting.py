@@ -16,6 +16,8 @@ from .session import (
     CASE_PROPERTY,
     EXERCISED,
     FAILING_PROPERTY,
+    KNOWN_FAILURES,
+    KNOWN_PREFIX,
     FEATURE_PROPERTY,
     TEST_PROPERTY,
     active,
@@ -53,6 +55,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     failing = run_harness.failing.pop(item.nodeid, None)
     if counts:
         report.user_properties.append((FEATURE_PROPERTY, dict(counts)))
+        if report.passed and counts[KNOWN_FAILURES]:
+            _known_failures(report, counts)
         if report.passed and counts["examples"] and not counts[EXERCISED]:
             _not_exercised(item, report, example.property if example else None)
     if report.skipped and hasattr(report, "wasxfail") and example is not None:
@@ -74,6 +78,20 @@ def pytest_runtest_makereport(item: pytest.Item, call):
             ))
         report.sections.append(("weightcheck: replay", _replay_text(item, case_file, regression)))
     return report
+
+
+def _known_failures(report: pytest.TestReport, counts) -> None:
+    """Examples whose failure an expectation narrowed by 'when' covers: said in a section of
+    the report; a test whose every exercised example was such a failure is a known failure
+    (xfailed), never passed."""
+    entry = f"{KNOWN_PREFIX}entry "
+    hits = {k.removeprefix(entry): n for k, n in counts.items() if k.startswith(entry)}
+    lines = [f"{n} example(s) failed as expected by: {label}" for label, n in sorted(hits.items())]
+    lines.append(f"{counts[EXERCISED]} other example(s) passed")
+    report.sections.append(("weightcheck: known failures (expectations narrowed by 'when')", "\n".join(lines)))
+    if not counts[EXERCISED]:
+        report.outcome = "skipped"
+        report.wasxfail = "expected (" + "; ".join(sorted(hits)) + ")"
 
 
 def _failing_features(example) -> dict:

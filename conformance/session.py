@@ -29,6 +29,10 @@ FAILING_PROPERTY = "weightcheck_failing_features"
 CASE_PROPERTY = "weightcheck_case"
 # A test's counter of the examples that really checked what its property is about.
 EXERCISED = "exercised"
+# Examples whose failure an expectation narrowed by 'when' expected, and (under the prefix) their
+# features, kept apart from those of the examples that passed.
+KNOWN_FAILURES = "known failures"
+KNOWN_PREFIX = "known: "
 
 
 @dataclass

@@ -73,6 +73,25 @@ LOADERS = {
     """,
     # Correct except that one runtime parameter is zeroed after loading.
     "zeroing_loader": (Path(__file__).parent / "loaders" / "zeroing_loader.py").read_text(),
+    # The same bug, in tied models only (a bug bound to one feature).
+    "zeroing_when_tied": """
+        from zeroing_loader import Zeroing, ref
+
+        class ZeroingWhenTied(Zeroing):
+            name = "zeroes transformer.ln_f.bias of tied models"
+
+            def build(self, arch, placement):
+                model = ref.build(arch, placement)
+                model.tied_for_the_test = arch.tie_word_embeddings
+                return model
+
+            def load(self, model, checkpoint):
+                if model.tied_for_the_test:
+                    return super().load(model, checkpoint)
+                return ref.load(model, checkpoint)
+
+        loader = ZeroingWhenTied()
+    """,
     # Supports llama only, no optional features, and does no weight tracking.
     "llama_untracked": """
         from weightcheck.reference_models.reference_loader import loader as ref
@@ -344,6 +363,44 @@ def test_expect_fail_turns_known_failures_into_xfail_and_flags_fixed_ones(loader
     gpt2 = next(row for row in report["matrix"] if row["feature"] == "family gpt2")
     assert gpt2["status"] == "known failure" and gpt2["known_failures"] == ["roundtrip[gpt2]"]
     assert "KNOWN FAILURE" in text
+
+
+def test_expect_fail_when_a_feature_expects_only_the_examples_using_it(loaders):
+    """``roundtrip[gpt2] when tied_embeddings``: the loader whose bug is bound to tied models
+    passes (its tied examples counted as known failures, never established); the loader whose
+    bug is in every model fails, on an untied example."""
+    loaders.makefile(".txt", expect="roundtrip[gpt2] when tied_embeddings: ln_f.bias is zeroed in tied models\n")
+    common = ("--hypothesis-profile=ci", "--expect-fail=expect.txt", "--report-json=out/report.json", ROUNDTRIP_GPT2)
+    bound = run(loaders, "--loader=zeroing_when_tied", "-rP", *common)
+    text = output(bound)
+    bound.assert_outcomes(passed=1)
+    assert "failed as expected by: roundtrip[gpt2] when tied_embeddings" in text  # -rP shows it
+    assert re.search(r"tied_embeddings +KNOWN FAILURE .*roundtrip\[gpt2\]", text)
+    report = json.loads((loaders.path / "out" / "report.json").read_text())
+    rows = {row["feature"]: row for row in report["matrix"]}
+    tied = rows["tied_embeddings"]
+    assert tied["status"] == "known failure" and tied["known_failures"] == ["roundtrip[gpt2]"]
+    (test,) = report["tests"]
+    known = test["features"]["known: tied_embeddings"]
+    assert known > 0 and tied["established"] == tied["examples"] - known  # never established
+
+    everywhere = run(loaders, "--loader=zeroing_loader", *common)
+    everywhere.assert_outcomes(failed=1)
+    report = json.loads((loaders.path / "out" / "report.json").read_text())
+    (test,) = report["tests"]
+    case = json.loads(Path(test["case_file"]).read_text())["case"]
+    assert case["arch"]["tie_word_embeddings"] is False  # the failure no entry expects
+
+
+def test_expect_fail_when_names_a_feature_and_a_property_test(loaders):
+    for line, message in (
+        ("roundtrip[gpt2] when warp_drive: x", "names no feature of the matrix: ['warp_drive']"),
+        ("regression[seed-38074-jais-conv1d-tied-masks] when tied_embeddings: x", "narrows property tests"),
+    ):
+        loaders.makefile(".txt", expect=line + "\n")
+        result = run(loaders, "--loader=zeroing_loader", "--expect-fail=expect.txt", str(CONFORMANCE))
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert message in result.stderr.str()
 
 
 def test_expect_fail_entry_matching_nothing_is_a_usage_error(loaders):
