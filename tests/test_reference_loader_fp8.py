@@ -342,6 +342,23 @@ def test_deepseek_wk_scale_before_weight_in_separate_calls(tmp_path):
     assert torch.equal(state[target][:5], expected)
 
 
+@pytest.mark.parametrize("scale_last", [True, False], ids=["scale last", "weight last"])
+def test_deepseek_wk_scale_of_the_wrong_shape_is_refused_by_its_name(tmp_path, scale_last):
+    """The dequantisation waits for the pair; its error names the scale tensor that is wrong,
+    whichever of the two came last (found by the suite's wrong_shape on the reference loader:
+    the message said "...indexer.wk.weight weight_scale_inv", naming neither)."""
+    arch = FP8_DSV32
+    t = quantise(arch, deepseek_tensors(arch))
+    a = "model.layers.1.self_attn.indexer."
+    t[a + "wk.weight_scale_inv"] = torch.cat([t[a + "wk.weight_scale_inv"]] * 2)
+    pair = [a + "wk.weight", a + "wk.weight_scale_inv"]
+    order = pair if scale_last else pair[::-1]
+    rest = [n for n in t if n not in pair]
+    model = loader.build(arch, Placement.single(arch))
+    with load_session(model), pytest.raises(ValueError, match=r"indexer\.wk\.weight_scale_inv: checkpoint tensor has shape"):
+        model.load_weights([(n, t[n]) for n in rest + order])
+
+
 def test_deepseek_wk_without_its_scale_is_not_loaded(tmp_path):
     arch = FP8_DSV32
     t = quantise(arch, deepseek_tensors(arch))

@@ -170,7 +170,7 @@ class DeepseekV32ForCausalLM(LlamaForCausalLM):
         if "weight" in pending and scale_leaf in pending:
             halves = self._pending_wk.pop(target)
             weight = method.dequantize(
-                halves["weight"], halves[scale_leaf], self.arch.torch_dtype, name
+                halves["weight"], halves[scale_leaf], self.arch.torch_dtype, f"{module}.{WK}"
             )
             param.weight_loader(param, weight, WK_SHARD)
             tracker.record(target, WK_SHARD)

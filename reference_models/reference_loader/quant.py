@@ -101,7 +101,9 @@ class QuantMethod:
         self, weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, what: str
     ) -> torch.Tensor:
         """A whole checkpoint weight ``[N, K]`` with its checkpoint scale, in ``dtype``: the
-        document's dequantisation, exactly (float32 product, then one cast)."""
+        document's dequantisation, exactly (float32 product, then one cast).  ``what``: the
+        checkpoint module the two tensors belong to (``...indexer.wk``); an error names the
+        checkpoint tensor that is wrong (``...indexer.wk.weight_scale_inv``)."""
         raise NotImplementedError
 
     def process_weights_after_loading(self, layer) -> None:
@@ -147,7 +149,7 @@ class UnquantizedLinearMethod(LinearMethod):
 
     def dequantize(self, weight, scale, dtype, what):
         if scale is not None:
-            raise ValueError(f"{what}: an unquantised weight has no scale")
+            raise ValueError(f"{what}.weight: an unquantised weight has no scale")
         return weight.to(dtype)
 
 
@@ -199,7 +201,9 @@ class Fp8PerTensorLinearMethod(LinearMethod):
 
     def dequantize(self, weight, scale, dtype, what):
         if scale.numel() != 1:
-            raise ValueError(f"{what}: per-tensor scale has shape {tuple(scale.shape)}, expected []")
+            raise ValueError(
+                f"{what}.{self.weight_scale_name}: per-tensor scale has shape {tuple(scale.shape)}, expected []"
+            )
         return (weight.float() * scale.float().reshape(())).to(dtype)
 
     @torch.no_grad()
@@ -277,7 +281,7 @@ class Fp8BlockLinearMethod(LinearMethod):
     def dequantize(self, weight, scale, dtype, what):
         n, k = weight.shape
         bn, bk = self.quant.block
-        check_shape(scale, (ceil_div(n, bn), ceil_div(k, bk)), f"{what} {self.weight_scale_name}")
+        check_shape(scale, (ceil_div(n, bn), ceil_div(k, bk)), f"{what}.{self.weight_scale_name}")
         expanded = block_expand(scale.float(), self.quant.block, (0, n), (0, k))
         return (weight.float() * expanded).to(dtype)
 
