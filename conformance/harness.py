@@ -5,9 +5,10 @@ running examples within its capabilities, counts of what was exercised, and the 
 Two things keep a broken loader's run short and its report readable:
 
 - **a shrink budget per test**: once a test has failed, Hypothesis shrinks the example; after
-  ``shrink_budget`` seconds of that, every new candidate is rejected unless it is the failing
-  example itself (Hypothesis's final replay), so shrinking stops at the smallest example found
-  by then (a note in the report says so);
+  ``shrink_budget`` seconds of that, every new candidate is rejected unless it already ran
+  (a failing example, for Hypothesis's final replay, or one that passed: Hypothesis may run an
+  input again, and one that passed and is then rejected is a "flaky" test to it), so
+  shrinking stops at the smallest example found by then (a note in the report says so);
 - **an adapter error is reported once**: a loader that breaks the protocol (``load`` returning a
   list, say) fails the first test that meets it; the other tests are skipped, pointing there.
 
@@ -67,6 +68,7 @@ class Harness:
     counts: dict[str, Counter] = field(default_factory=dict)
     last_example: dict[str, Example] = field(default_factory=dict)
     failing: dict[str, Failing] = field(default_factory=dict)
+    passed: dict[str, set] = field(default_factory=dict)  # test -> keys of examples that passed
     adapter_error: tuple[str, str] | None = None  # (test that met it, message)
     known: dict[str, list] = field(default_factory=dict)  # test -> expectations narrowed by 'when'
     current: str = ""
@@ -90,6 +92,7 @@ class Harness:
             self.record(example.case, property_named(prop).input_of(example.extras))
             self.last_example[self.current] = example
             self.run(example)
+            self._passed(example)
 
     def check_device(
         self, check, data: st.DataObject, family: str, methods: tuple[str, ...], device: str = "cuda"
@@ -120,6 +123,7 @@ class Harness:
             except NotSupported as why:
                 pytest.skip(f"not supported by the loader: {why}")
             self.counts[self.current][EXERCISED] += 1
+            self._passed(example)
 
     def replay(self, path, prop: str) -> None:
         """Run one property on the case of a case file (its own draws if it is that property's)."""
@@ -212,8 +216,13 @@ class Harness:
         if time.monotonic() - failing.since <= self.shrink_budget:
             return
         failing.budget_spent = True
-        if _key(example) not in failing.examples:
+        key = _key(example)
+        if key not in failing.examples and key not in self.passed.get(self.current, ()):
             reject()
+
+    def _passed(self, example: Example) -> None:
+        if self.shrink_budget is not None:
+            self.passed.setdefault(self.current, set()).add(_key(example))
 
     def _skip_after_adapter_error(self) -> None:
         if self.adapter_error is not None and self.adapter_error[0] != self.current:

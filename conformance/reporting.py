@@ -53,6 +53,7 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     counts = run_harness.counts.pop(item.nodeid, None)
     example = run_harness.last_example.pop(item.nodeid, None)
     failing = run_harness.failing.pop(item.nodeid, None)
+    run_harness.passed.pop(item.nodeid, None)
     if counts:
         report.user_properties.append((FEATURE_PROPERTY, dict(counts)))
         if report.passed and counts[KNOWN_FAILURES]:
