@@ -159,7 +159,7 @@ class Harness:
             pytest.skip(f"not supported by the loader: {why}")
         except _Expected as known:
             brought = property_named(example.property).input_of(example.extras)
-            self._count_known(known.entries, {**features, **({f"input {brought}": True} if brought else {})})
+            self._count_known(known.entries, _counter_keys(features, brought))
             return
         if outcome.exercised:
             self.counts[self.current][EXERCISED] += 1
@@ -188,18 +188,15 @@ class Harness:
             self._remember(example)
             raise
 
-    def _count_known(self, entries: list, features: dict) -> None:
-        """An expected failure: which entries expected it, and the example's features apart
-        from those of the examples that passed."""
+    def _count_known(self, entries: list, keys: list[str]) -> None:
+        """An expected failure: which entries expected it, and the example's counter keys
+        (as ``record`` counted them) apart from those of the examples that passed."""
         counter = self.counts.setdefault(self.current, Counter())
         counter[KNOWN_FAILURES] += 1
         for entry in entries:
             counter[f"{KNOWN_PREFIX}entry {entry.label}: {entry.reason}"] += 1
-        for key, value in features.items():
-            if not isinstance(value, bool):
-                counter[f"{KNOWN_PREFIX}{key}={value}"] += 1
-            elif value:
-                counter[f"{KNOWN_PREFIX}{key}"] += 1
+        for key in keys:
+            counter[KNOWN_PREFIX + key] += 1
         if currently_in_test_context():
             event("known failure (an expectation narrowed by 'when')")
 
@@ -234,20 +231,20 @@ class Harness:
         Hypothesis's statistics, inside a test)."""
         counter = self.counts.setdefault(self.current, Counter())
         counter["examples"] += 1
-        if brought:
-            counter[f"input {brought}"] += 1
-            if currently_in_test_context():
+        features = case.features()
+        counter.update(_counter_keys(features, brought))
+        if currently_in_test_context():
+            if brought:
                 event(f"input: {brought}")
-        in_hypothesis = currently_in_test_context()
-        for key, value in case.features().items():
-            if isinstance(value, bool):
-                counter[key] += value
-                text = "yes" if value else "no"
-            else:
-                counter[f"{key}={value}"] += 1
-                text = value
-            if in_hypothesis:
-                event(f"{key}: {text}")
+            for key, value in features.items():
+                event(f"{key}: {('yes' if value else 'no') if isinstance(value, bool) else value}")
+
+
+def _counter_keys(features: dict, brought: str | None) -> list[str]:
+    """What one example adds to its test's counter: each feature it uses (``key``, or
+    ``key=value`` for a named one such as the family) and the input its property brought."""
+    keys = [key if isinstance(value, bool) else f"{key}={value}" for key, value in features.items() if value is not False]
+    return keys + ([f"input {brought}"] if brought else [])
 
 
 class _Expected(Exception):
